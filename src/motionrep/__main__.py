@@ -1,0 +1,5 @@
+"""``python -m motionrep ...`` (also what ``torchrun -m motionrep`` runs)."""
+
+from motionrep.cli import main
+
+main()
