@@ -1,0 +1,59 @@
+"""Run a function on N gloo ranks (subprocesses on this machine) and collect each rank's result.
+
+Used by every "2 ranks give the result of 1 rank" equivalence test. ``fn`` must be a module-level function
+(picklable); it runs after the process group is up and may use ``motionrep.train.dist``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import traceback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    import torch
+
+    from motionrep.train import dist
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_distributed("cpu")
+        queue.put((rank, fn(*args), None))
+    except Exception:  # reported to the parent, which raises
+        queue.put((rank, None, traceback.format_exc()))
+    finally:
+        dist.cleanup()
+
+
+def run_ranks(fn, world_size: int = 2, *args, timeout: float = 120.0) -> list:
+    """``[fn(*args) on rank 0, fn(*args) on rank 1, ...]`` computed under a gloo process group."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    results: dict[int, object] = {}
+    try:
+        for _ in range(world_size):
+            rank, value, error = queue.get(timeout=timeout)
+            if error is not None:
+                raise RuntimeError(f"rank {rank} failed:\n{error}")
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [results[r] for r in range(world_size)]
