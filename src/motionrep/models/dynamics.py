@@ -116,8 +116,8 @@ OFFICIAL_KEY_MAP: dict[str, str] = {
     "motion_blocks_{i}.": "midway_blocks.{i}.",
     "forward_predictor_{i}.": "forward_predictors.{i}.blocks.",
     "gating_mlps_{i}.": "forward_predictors.{i}.gates.",
-    "student_feature_blocks_{i}.": "student_backward.{i}.",
-    "teacher_feature_blocks_{i}.": "teacher_backward.{i}.",
+    "student_feature_blocks_{i}.": "student_backward.{i}.blocks.",
+    "teacher_feature_blocks_{i}.": "teacher_backward.{i}.blocks.",
 }
 
 
