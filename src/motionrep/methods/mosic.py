@@ -1,0 +1,272 @@
+"""MoSiC: dense features made consistent along point tracks by optimal-transport clustering with an EMA teacher.
+
+A pretrained ViT (student) and its EMA copy (teacher) encode a clip; features are read at the tracked points, mapped
+by an MLP head onto ``K`` prototypes, the teacher's scores are balanced by Sinkhorn-Knopp into cluster targets, and
+the student's scores must predict them (``docs/methods/mosic.md``). Only the last blocks, the head and the
+prototypes train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from motionrep.methods.mosic_core import (
+    ASSIGNMENTS,
+    LOSS_NORMS,
+    Prototypes,
+    cluster_cross_entropy,
+    kept_mask,
+    num_dropped,
+    ot_assignments,
+    random_keep,
+    sample_tracks,
+    scatter_kept,
+    track_token_kept,
+    usage_entropy,
+    weighted_loss,
+)
+from motionrep.models.heads import MLPProjector
+from motionrep.models.vit import VisionTransformer
+from motionrep.ops.ema import make_teacher
+
+SAMPLING_MODES = ("token", "bilinear")
+
+
+@dataclass
+class SinkhornConfig:
+    epsilon: float = 0.05
+    iterations: int = 10
+    log_domain: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    student: str = "token"
+    teacher: str = "token"
+
+
+@dataclass
+class MoSiCConfig:
+    """The ``mosic.*`` keys (mosic.md §8.6)."""
+
+    grid_size: int = 16
+    num_prototypes: int = 100
+    head_dims: list[int] = field(default_factory=lambda: [1024, 1024, 512, 256])
+    student_temp: float = 0.1
+    sinkhorn: SinkhornConfig = field(default_factory=SinkhornConfig)
+    assignment: str = "per_frame_joint"
+    soft_targets: bool = False
+    symmetric: bool = False
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    loss_norm: str = "visible"
+    mask_ratio: float = 0.1
+    ema_teacher: bool = True
+    trainable_blocks: Any = 2
+    trainable_block_indices: list[int] | None = None
+
+    def validate(self) -> None:
+        """Reject unsupported values and combinations with a message naming the key."""
+        if self.assignment not in ASSIGNMENTS:
+            raise ValueError(f"mosic.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        if self.loss_norm not in LOSS_NORMS:
+            raise ValueError(f"mosic.loss_norm must be one of {LOSS_NORMS}, got {self.loss_norm!r}")
+        for branch in ("student", "teacher"):
+            mode = getattr(self.sampling, branch)
+            if mode not in SAMPLING_MODES:
+                raise ValueError(f"mosic.sampling.{branch} must be one of {SAMPLING_MODES}, got {mode!r}")
+        if self.symmetric and self.assignment != "per_frame_joint":
+            raise ValueError("mosic.symmetric applies to assignment 'per_frame_joint' only")
+        if self.grid_size < 1 or self.num_prototypes < 2 or not self.head_dims or self.student_temp <= 0:
+            raise ValueError("mosic needs grid_size >= 1, num_prototypes >= 2, non-empty head_dims, student_temp > 0")
+        num_dropped(1, self.mask_ratio)  # range check
+        if self.sinkhorn.epsilon <= 0 or self.sinkhorn.iterations < 1:
+            raise ValueError("mosic.sinkhorn needs epsilon > 0 and iterations >= 1")
+        tb = self.trainable_blocks
+        if not (tb == "all" or (isinstance(tb, int) and not isinstance(tb, bool) and tb >= 1)):
+            raise ValueError(f"mosic.trainable_blocks must be a positive integer or 'all', got {tb!r}")
+
+
+def trainable_block_ids(depth: int, cfg: MoSiCConfig) -> list[int] | None:
+    """Indices of the backbone blocks that train (``None``: the whole backbone, ``trainable_blocks: all``).
+
+    ``trainable_block_indices`` (replication of the released name match) wins over ``trainable_blocks`` (counted
+    from the end, so the last two blocks of any depth by default).
+    """
+    if cfg.trainable_block_indices is not None:
+        ids = sorted(set(cfg.trainable_block_indices))
+        if not ids or ids[0] < 0 or ids[-1] >= depth:
+            raise ValueError(
+                f"mosic.trainable_block_indices must lie in 0..{depth - 1}, got {cfg.trainable_block_indices}"
+            )
+        return ids
+    if cfg.trainable_blocks == "all":
+        return None
+    if cfg.trainable_blocks > depth:
+        raise ValueError(f"mosic.trainable_blocks={cfg.trainable_blocks} exceeds the backbone depth {depth}")
+    return list(range(depth - cfg.trainable_blocks, depth))
+
+
+class MoSiC(nn.Module):
+    """Student encoder + MLP head + prototypes, and their EMA teacher copies (``ema_teacher: true``).
+
+    ``encoder`` must already hold its initial (pretrained) weights: the teacher is copied from it here.
+    """
+
+    def __init__(self, encoder: VisionTransformer, cfg: MoSiCConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.trainable_ids = trainable_block_ids(len(encoder.blocks), cfg)
+        if self.trainable_ids is not None:
+            encoder.requires_grad_(False)
+            for i in self.trainable_ids:
+                encoder.blocks[i].requires_grad_(True)
+        self.head = MLPProjector(encoder.embed_dim, cfg.head_dims)
+        self.prototypes = Prototypes(cfg.num_prototypes, cfg.head_dims[-1])
+        if cfg.ema_teacher:
+            self.teacher = make_teacher(encoder).eval()
+            self.teacher_head = make_teacher(self.head)
+            self.teacher_prototypes = make_teacher(self.prototypes)
+
+    def train(self, mode: bool = True) -> MoSiC:
+        super().train(mode)
+        if self.cfg.ema_teacher:
+            self.teacher.eval()
+        return self
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) module pairs for the EMA update after every optimiser step."""
+        if not self.cfg.ema_teacher:
+            return []
+        return [
+            (self.encoder, self.teacher),
+            (self.head, self.teacher_head),
+            (self.prototypes, self.teacher_prototypes),
+        ]
+
+    def student_frames(self, num_frames: int) -> int:
+        """How many leading frames the student encodes: only frame 0 when only frame-0 predictions enter the loss
+        (``per_frame_joint`` without the symmetric term, with an EMA teacher providing the targets)."""
+        frame0_only = self.cfg.assignment == "per_frame_joint" and not self.cfg.symmetric and self.cfg.ema_teacher
+        return 1 if frame0_only else num_frames
+
+    def teacher_frames(self, num_frames: int) -> int:
+        """How many leading frames get OT targets: frame 0 only when they are propagated along the tracks."""
+        return 1 if self.cfg.assignment == "propagate_frame0" else num_frames
+
+    def _student_tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Student patch tokens; the frozen leading part (embedding and blocks before the first trainable one) runs
+        under ``no_grad`` so that it keeps no activations."""
+        enc = self.encoder
+        if self.trainable_ids is None:
+            return enc.patch_tokens(enc(x, keep=keep))
+        first = self.trainable_ids[0]
+        with torch.no_grad():
+            h = enc.embed(x, keep)
+            for block in enc.blocks[:first]:
+                h = block(h)
+        for block in enc.blocks[first:]:
+            h = block(h)
+        return enc.patch_tokens(enc.norm(h))
+
+    def _scores(
+        self,
+        tokens: torch.Tensor,
+        tracks: torch.Tensor,
+        grid_hw: tuple[int, int],
+        mode: str,
+        head: nn.Module,
+        prototypes: Prototypes,
+    ) -> torch.Tensor:
+        """Cosine scores (B, T, N, K) of the projected features at the track points; tokens (B, T, s2, D)."""
+        return prototypes(head(sample_tracks(tokens, tracks, self.encoder.patch_size, grid_hw, mode=mode)))
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        tracks: torch.Tensor,
+        visible: torch.Tensor,
+        in_crop: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Loss and statistics for clips ``frames`` (B, T, 3, H, W) in [0, 1] with tracks (B, T, N, 2) in (x, y)
+        pixels of these frames, ``visible`` and ``in_crop`` (B, T, N) bool."""
+        cfg = self.cfg
+        if frames.dim() != 5 or tracks.dim() != 4 or tracks.shape[:2] != frames.shape[:2] or tracks.shape[-1] != 2:
+            raise ValueError(
+                f"expected frames (B, T, 3, H, W) and tracks (B, T, N, 2), got {tuple(frames.shape)} and "
+                f"{tuple(tracks.shape)}"
+            )
+        if visible.shape != tracks.shape[:-1] or (in_crop is not None and in_crop.shape != visible.shape):
+            raise ValueError(f"visible / in_crop must have shape {tuple(tracks.shape[:-1])}")
+        b, t = frames.shape[:2]
+        grid_hw = self.encoder.grid_size(tuple(frames.shape[-2:]))
+        num_tokens = grid_hw[0] * grid_hw[1]
+        self.prototypes.normalize_()
+
+        ts = self.student_frames(t)
+        keep = (
+            random_keep(b, num_tokens, cfg.mask_ratio, frames.device)
+            if num_dropped(num_tokens, cfg.mask_ratio)
+            else None
+        )
+        frame_keep = None if keep is None else keep.repeat_interleave(ts, dim=0)
+        s_tokens = self._student_tokens(frames[:, :ts].flatten(0, 1), frame_keep)
+        if keep is not None:
+            s_tokens = scatter_kept(s_tokens, frame_keep, num_tokens)
+        s_scores = self._scores(
+            s_tokens.view(b, ts, num_tokens, -1),
+            tracks[:, :ts],
+            grid_hw,
+            cfg.sampling.student,
+            self.head,
+            self.prototypes,
+        )
+
+        tt = self.teacher_frames(t)
+        epsilon = cfg.sinkhorn.epsilon
+        if cfg.ema_teacher:
+            self.teacher_prototypes.normalize_()
+            with torch.no_grad():
+                t_tokens = self.teacher.patch_tokens(self.teacher(frames[:, :tt].flatten(0, 1)))
+                t_scores = self._scores(
+                    t_tokens.view(b, tt, num_tokens, -1),
+                    tracks[:, :tt],
+                    grid_hw,
+                    cfg.sampling.teacher,
+                    self.teacher_head,
+                    self.teacher_prototypes,
+                )
+        else:
+            t_scores, epsilon = s_scores[:, :tt].detach(), 2.0 * epsilon
+        targets = ot_assignments(t_scores, epsilon, cfg.sinkhorn.iterations, cfg.sinkhorn.log_domain)
+
+        base = visible.float() if in_crop is None else visible.float() * in_crop.float()
+        kept = None if keep is None else kept_mask(keep, num_tokens)
+
+        def weights(pred_tracks: torch.Tensor) -> torch.Tensor:
+            """Visibility × in-crop × whether the student token making the prediction was kept."""
+            if kept is None:
+                return base
+            return base * track_token_kept(kept, pred_tracks, self.encoder.patch_size, grid_hw).float()
+
+        tau, soft = cfg.student_temp, cfg.soft_targets
+        if cfg.assignment == "per_frame_joint":
+            w = weights(tracks[:, :1])
+            loss = weighted_loss(cluster_cross_entropy(s_scores[:, :1], targets, tau, soft), w, cfg.loss_norm)
+            if cfg.symmetric:
+                ce_sym = cluster_cross_entropy(s_scores, targets[:, :1], tau, soft)
+                loss = loss + weighted_loss(ce_sym, weights(tracks), cfg.loss_norm)
+        else:
+            w = weights(tracks)
+            loss = weighted_loss(cluster_cross_entropy(s_scores, targets, tau, soft), w, cfg.loss_norm)
+        return {
+            "loss": loss,
+            "weight_frac": w.expand_as(base).mean().detach(),
+            "visible_frac": visible.float().mean(),
+            "cluster_entropy": usage_entropy(targets),
+        }
