@@ -1,0 +1,227 @@
+"""Motion protocols: a flow probe on frozen (or finetuned) tokens, parameter-free feature-matching flow, and the
+OpenCV DIS baseline. Flow is ``(dx, dy)`` in pixels from the first frame to the second; scores are EPE and the
+percentages of valid pixels with EPE below 1 / 3 / 5 px (``docs/evaluation.md``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from motionrep.data.labeled import FlowSet
+from motionrep.eval.features import FeatureExtractor, extract, module_device, to_float_images
+from motionrep.eval.metrics import flow_error_sums, flow_scores, reduce_sums
+from motionrep.train import dist
+
+
+@dataclass
+class FlowResult:
+    metrics: dict[str, float]
+    predictions: torch.Tensor  # (n_fig, 2, H, W) predicted flow of the first validation pairs
+    curve: list[float] = field(default_factory=list)  # training loss per step (probe only)
+
+
+class PairFeatures(nn.Module):
+    """Default probe input: the frozen dense features of both frames, concatenated along channels."""
+
+    def __init__(self, extractor: FeatureExtractor):
+        super().__init__()
+        self.extractor = extractor
+        self.stride = extractor.stride
+        self.dim = 2 * extractor.dim
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        both = self.extractor(torch.cat([image1, image2]))
+        return torch.cat(both.chunk(2), dim=1)
+
+
+class ResidualConvUnit(nn.Module):
+    """DPT's residual unit: ``x + conv(relu(conv(relu(x))))``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FlowHead(nn.Module):
+    """A light DPT-style decoder: 1x1 projection, then ``log2(stride)`` stages of residual unit + 2x bilinear
+    upsampling, a 3x3 output convolution to (dx, dy), and a final resize to the exact image size."""
+
+    def __init__(self, in_dim: int, stride: int, width: int = 64):
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, width, 1)
+        self.stages = nn.ModuleList(ResidualConvUnit(width) for _ in range(max(0, int(math.log2(stride)))))
+        self.out = nn.Conv2d(width, 2, 3, padding=1)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        x = self.proj(x)
+        for stage in self.stages:
+            x = F.interpolate(stage(x), scale_factor=2, mode="bilinear", align_corners=False)
+        flow = self.out(F.relu(x)) * self.stride
+        return F.interpolate(flow, size=out_hw, mode="bilinear", align_corners=False)
+
+
+def epe_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean end-point error over valid pixels."""
+    epe = torch.linalg.vector_norm(pred - gt, dim=1)
+    return (epe * valid).sum() / valid.sum().clamp_min(1)
+
+
+def _score(predict, val: FlowSet, batch_size: int, keep: int = 4) -> tuple[dict[str, float], torch.Tensor]:
+    """Run ``predict(i1, i2) -> flow`` on this rank's shard of ``val``; reduce error sums over ranks."""
+    part = dist.shard(len(val))
+    sums = torch.zeros(5, dtype=torch.float64)
+    shown = []
+    for s in range(part.start, part.stop, batch_size):
+        e = min(s + batch_size, part.stop)
+        pred = predict(s, e).cpu()
+        sums += flow_error_sums(pred, val.flow[s:e], val.valid[s:e])
+        if s < keep:
+            shown.append(pred[: keep - s])
+    preds = torch.cat(shown) if shown else torch.zeros(0, *val.flow.shape[1:])
+    return flow_scores(reduce_sums(sums)), dist.all_gather_cat(preds)[:keep]
+
+
+def flow_probe(
+    extractor: FeatureExtractor,
+    train: FlowSet,
+    val: FlowSet,
+    steps: int = 300,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    width: int = 64,
+    finetune: bool = False,
+    backbone_lr_scale: float = 0.1,
+    pair_features: nn.Module | None = None,
+    seed: int = 0,
+) -> FlowResult:
+    """Train a :class:`FlowHead` on the features of both frames to regress flow (mean EPE over valid pixels,
+    AdamW, cosine schedule) and score it on ``val``.
+
+    Frozen (default): features are computed once, without gradients. ``finetune``: a copy of the backbone is
+    trained too, at ``lr * backbone_lr_scale``. ``pair_features``: a module ``(image1, image2) -> (B, C, h, w)``
+    with ``stride`` and ``dim`` that replaces the concatenated frame features (the hook for a learned decoder
+    such as Midway's dynamics).
+    """
+    pair = pair_features if pair_features is not None else PairFeatures(extractor)
+    if finetune:
+        pair = copy.deepcopy(pair)
+    device = module_device(extractor)
+    head = FlowHead(pair.dim, pair.stride, width).to(device)
+    hw = tuple(train.flow.shape[-2:])
+    params = [{"params": head.parameters(), "lr": lr}]
+    if finetune:
+        pair.train()
+        params.append({"params": [p for p in pair.parameters() if p.requires_grad], "lr": lr * backbone_lr_scale})
+        ftrain = None
+    else:
+        ftrain = extract(pair, train.image1, train.image2, batch_size=batch_size, desc="flow_probe train")
+    opt = torch.optim.AdamW(params, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    gen = torch.Generator().manual_seed(seed)
+    curve = []
+    for _ in tqdm(range(steps), desc="flow_probe", leave=False, disable=not dist.is_main() or None):
+        idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)
+        if finetune:
+            feats = pair(to_float_images(train.image1[idx].to(device)), to_float_images(train.image2[idx].to(device)))
+        else:
+            feats = ftrain[idx].to(device)
+        loss = epe_loss(head(feats, hw), train.flow[idx].to(device), train.valid[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        curve.append(loss.item())
+    head.eval()
+    pair.eval()
+
+    @torch.no_grad()
+    def predict(s: int, e: int) -> torch.Tensor:
+        feats = pair(to_float_images(val.image1[s:e].to(device)), to_float_images(val.image2[s:e].to(device)))
+        return head(feats.float(), hw)
+
+    metrics, preds = _score(predict, val, batch_size)
+    return FlowResult(metrics, preds, curve)
+
+
+def match_flow(f1: torch.Tensor, f2: torch.Tensor, stride: int, radius: int = 3, temperature: float = 0.05):
+    """Token-level flow ``(B, 2, h, w)`` in pixels by soft-argmax of cosine similarity over a ``(2r+1)^2`` window.
+
+    For each token of ``f1 (B, C, h, w)``, similarities to the tokens of ``f2`` displaced by ``(dx, dy)`` in
+    ``[-r, r]^2`` (outside the frame excluded) are soft-maxed at ``temperature``; the flow is the expected
+    displacement times ``stride``.
+    """
+    b, c, h, w = f1.shape
+    k = 2 * radius + 1
+    a = F.normalize(f1, dim=1)
+    bnorm = F.normalize(f2, dim=1)
+    windows = F.unfold(bnorm, k, padding=radius).view(b, c, k * k, h, w)
+    inside = F.unfold(torch.ones(1, 1, h, w, device=f1.device), k, padding=radius).view(1, k * k, h, w) > 0
+    sims = (a[:, :, None] * windows).sum(1).masked_fill(~inside, float("-inf"))  # (B, k*k, h, w)
+    weights = torch.softmax(sims / temperature, dim=1)
+    d = torch.arange(-radius, radius + 1, device=f1.device, dtype=f1.dtype)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")  # unfold enumerates the window row-major (dy outer, dx inner)
+    flow_x = (weights * dx.reshape(1, -1, 1, 1)).sum(1)
+    flow_y = (weights * dy.reshape(1, -1, 1, 1)).sum(1)
+    return torch.stack([flow_x, flow_y], dim=1) * stride
+
+
+def tokens_to_pixels(flow: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly upsample a token-level flow (values already in pixels) to ``out_hw``; token centres align."""
+    return F.interpolate(flow, size=out_hw, mode="bilinear", align_corners=False)
+
+
+def flow_match(
+    extractor: FeatureExtractor,
+    val: FlowSet,
+    radius: int = 3,
+    temperature: float = 0.05,
+    batch_size: int = 32,
+) -> FlowResult:
+    """Parameter-free flow from frozen features (:func:`match_flow`), upsampled to pixels; ``epe``, ``px*``."""
+    device = module_device(extractor)
+    hw = tuple(val.flow.shape[-2:])
+
+    @torch.no_grad()
+    def predict(s: int, e: int) -> torch.Tensor:
+        f = extractor(to_float_images(torch.cat([val.image1[s:e], val.image2[s:e]]).to(device))).float()
+        f1, f2 = f.chunk(2)
+        return tokens_to_pixels(match_flow(f1, f2, extractor.stride, radius, temperature), hw)
+
+    metrics, preds = _score(predict, val, batch_size)
+    return FlowResult(metrics, preds)
+
+
+def dis_flow(image1: torch.Tensor, image2: torch.Tensor, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM):
+    """OpenCV DIS flow ``(2, H, W)`` float32 between two uint8 frames ``(3, H, W)`` (RGB), on grey levels."""
+    dis = cv2.DISOpticalFlow_create(preset)
+    g1, g2 = (
+        cv2.cvtColor(np.ascontiguousarray(x.permute(1, 2, 0).numpy()), cv2.COLOR_RGB2GRAY) for x in (image1, image2)
+    )
+    flow = dis.calc(g1, g2, None)
+    return torch.from_numpy(flow).permute(2, 0, 1).contiguous()
+
+
+def flow_dis(val: FlowSet) -> FlowResult:
+    """The DIS baseline on ``val`` (frames must be uint8)."""
+    if val.image1.dtype != torch.uint8:
+        raise ValueError("the DIS baseline needs uint8 frames")
+
+    def predict(s: int, e: int) -> torch.Tensor:
+        return torch.stack([dis_flow(a, b) for a, b in zip(val.image1[s:e], val.image2[s:e], strict=True)])
+
+    metrics, preds = _score(predict, val, batch_size=64)
+    return FlowResult(metrics, preds)
