@@ -83,7 +83,13 @@ def test_position_embedding_is_identity_at_native_grid_and_bicubic_elsewhere():
     assert torch.allclose(model(x, taps=[4])[0], _run_blocks(model, torch.cat([cls, patches], 1), {4})[0], atol=1e-5)
 
 
-def test_resample_checks_rows():
+def test_resample_antialias_option_and_row_check():
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0  # highest grid frequency
+    pos = torch.cat([torch.full((1, 1, 1), 7.0), checker.reshape(1, 64, 1)], dim=1)
+    smooth = resample_pos_embed(pos, (8, 8), (3, 3), antialias=True)
+    sharp = resample_pos_embed(pos, (8, 8), (3, 3))
+    assert smooth[0, 0, 0] == 7.0 and smooth.shape == sharp.shape == (1, 10, 1)
+    assert smooth[0, 1:].abs().max() < 0.5 * sharp[0, 1:].abs().max()  # the filter removes the checkerboard
     with pytest.raises(ValueError, match="rows"):
         resample_pos_embed(torch.zeros(1, 10, 4), (4, 4), (2, 2))
 

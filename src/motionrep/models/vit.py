@@ -40,11 +40,14 @@ VIT_PRESETS: dict[str, dict] = {
 }
 
 
-def resample_pos_embed(pos_embed: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+def resample_pos_embed(
+    pos_embed: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int], antialias: bool = False
+) -> Tensor:
     """Bicubically resample the grid rows of a ``(1, 1 + h*w, D)`` position embedding; the CLS row is kept as is.
 
-    Uses ``F.interpolate(size=dst_grid, mode="bicubic", align_corners=False)`` without antialiasing; at
-    ``dst_grid == src_grid`` the input is returned unchanged.
+    Uses ``F.interpolate(size=dst_grid, mode="bicubic", align_corners=False, antialias=antialias)``; the model
+    resamples without antialiasing, timm resamples checkpoints with it. At ``dst_grid == src_grid`` the input is
+    returned unchanged.
     """
     if tuple(dst_grid) == tuple(src_grid):
         return pos_embed
@@ -53,7 +56,7 @@ def resample_pos_embed(pos_embed: Tensor, src_grid: tuple[int, int], dst_grid: t
         raise ValueError(f"position embedding has {pos_embed.shape[1]} rows, expected 1 + {sh}*{sw}")
     cls_row, grid = pos_embed[:, :1], pos_embed[:, 1:]
     grid = grid.reshape(1, sh, sw, d).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(dst_grid), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=tuple(dst_grid), mode="bicubic", align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, d).to(pos_embed.dtype)
     return torch.cat([cls_row, grid], dim=1)
 
