@@ -68,17 +68,19 @@ class EMAConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_tiny"  # encoder preset of motionrep.models.vit
-    patch_size: int | None = None  # None keeps the preset's value
-    img_size: int | None = None
+    """Encoder preset of :data:`motionrep.models.vit.VIT_PRESETS` plus keyword overrides (None keeps the preset's)."""
+
+    name: str = "vit-synth-tiny"
+    img_size: int | None = None  # native grid of the position embedding; any multiple of the patch is accepted
+    patch_size: int | None = None
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
-    num_registers: int | None = None
-    drop_path: float = 0.0  # student encoder only
+    num_register_tokens: int | None = None
+    drop_path_rate: float = 0.0  # student encoder only
 
     def overrides(self) -> dict[str, Any]:
-        """Keyword overrides for the encoder builder: every set field except ``name``."""
+        """Keyword overrides for ``build_vit``: every set field except ``name``."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
 
 
