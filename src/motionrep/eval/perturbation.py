@@ -1,0 +1,260 @@
+"""Forwarded feature perturbation (midway.md §12): where does a change of one source token arrive in the forward
+prediction?
+
+With the motion latents fixed, a random tangent ``r`` on the source token ``p`` is pushed through the backward block
+and the forward predictor of one level with forward-mode autodiff (``torch.func.jvp``, vectorised over source
+tokens and draws with ``torch.func.vmap``); ``score(q) = cos(r, tangent_q)`` averaged over ``k`` draws is the
+heatmap of ``p`` over the target token grid. Tracking chains heatmaps over a clip: the heatmap argmax (top-1), or
+the paper's top-k candidates re-ranked by same-level encoder feature similarity. Quantitative scores (not in the
+paper) compare against ground-truth point positions: :func:`peak_hits` and :func:`tracking_scores`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from motionrep.models.dynamics import MidwayDynamics
+from motionrep.ops.points import grid_points, token_rc
+
+SITES = ("encoder", "backward")
+
+
+@dataclass
+class PerturbConfig:
+    """``num_samples`` draws per source token; ``level`` an objective level (``None`` = the highest); ``site``
+    ``encoder`` perturbs z_t^l (through backward_l and predictor_l) or ``backward`` perturbs v_t^l; ``chunk``
+    tangents per vmapped call bounds memory."""
+
+    num_samples: int = 16
+    level: int | None = None
+    site: str = "encoder"
+    top_k: int = 5
+    chunk: int = 256
+
+    def validate(self, objective_levels: list[int]) -> int:
+        """Check the settings; return the level index into ``objective_levels``."""
+        if self.site not in SITES:
+            raise ValueError(f"perturb.site={self.site!r}; expected one of {list(SITES)}")
+        if self.num_samples < 1 or self.top_k < 1 or self.chunk < 1:
+            raise ValueError("perturb.num_samples, top_k and chunk must be >= 1")
+        level = objective_levels[-1] if self.level is None else self.level
+        if level not in objective_levels:
+            raise ValueError(f"perturb.level={level} is not an objective level of this model {objective_levels}")
+        return objective_levels.index(level)
+
+
+def jvp_heatmaps(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    source: torch.Tensor,
+    positions: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Mean over ``num_samples`` draws ``r ~ N(0, I)`` of ``cos(r, (J_predict(source) t)_q)`` where the tangent
+    ``t`` is ``r`` on row ``positions[i]`` and 0 elsewhere.
+
+    ``predict`` maps ``source`` (N, D) to (M, D). Returns (len(positions), M).
+    """
+    n, d = source.shape
+    draws = torch.randn(positions.numel() * num_samples, d, generator=generator).to(source)
+    rows = positions.to(source.device).repeat_interleave(num_samples)
+
+    def push(tangent: torch.Tensor) -> torch.Tensor:
+        return jvp(predict, (source,), (tangent,))[1]
+
+    scores = []
+    # The fused CPU attention kernels have no forward-mode derivative; forward AD runs fine under no_grad.
+    # Loading torch's jvp decompositions the first time calls the deprecated torch.jit.script: torch's noise.
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        for start in range(0, len(rows), chunk):
+            r, p = draws[start : start + chunk], rows[start : start + chunk]
+            tangents = source.new_zeros(len(r), n, d)
+            tangents[torch.arange(len(r), device=source.device), p] = r
+            scores.append(F.cosine_similarity(vmap(push)(tangents), r[:, None], dim=-1))
+    return torch.cat(scores).view(positions.numel(), num_samples, -1).mean(1)
+
+
+@dataclass
+class PairAnalysis:
+    """Heatmaps of every source patch token of each frame pair, and the same-level features of both frames."""
+
+    heatmaps: torch.Tensor  # (B, hw, hw): row = perturbed source token, column = target token
+    source_features: torch.Tensor  # (B, hw, D) student encoder features of the source frames at the level
+    target_features: torch.Tensor  # (B, hw, D) student encoder features of the target frames at the level
+    grid: tuple[int, int]
+
+
+def analyze_pairs(
+    encoder: nn.Module,
+    teacher: nn.Module,
+    dynamics: MidwayDynamics,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    cfg: PerturbConfig,
+    generator: torch.Generator | None = None,
+) -> PairAnalysis:
+    """Run the hierarchy on frame pairs ``source`` -> ``target`` (B, 3, H, W) in [0, 1] (student encodes the
+    source, teacher the target, as in training), fix the latents, and perturb every source patch token."""
+    dcfg = dynamics.config
+    i = cfg.validate(dcfg.objective_levels)
+    cls = int(dcfg.use_cls_token)
+    grid = encoder.grid_size(tuple(source.shape[-2:]))
+    with torch.no_grad():
+        zs = encoder(source, taps=dcfg.levels)
+        zt = teacher(target, taps=dcfg.levels)
+        states = dynamics(zs, zt, grid_hw=grid).states
+        features_t = encoder(target, taps=[dcfg.levels[i]])[0]
+    state = next(s for s in states if s.level == dcfg.levels[i])
+    hw = grid[0] * grid[1]
+    positions = torch.arange(cls, cls + hw)
+    heatmaps = []
+    for b in range(source.shape[0]):  # frame pairs; tokens and draws are vectorised inside
+        motion, context = state.motion[b : b + 1], state.context[b : b + 1]
+        if cfg.site == "encoder":
+            start = state.source[b]
+
+            def predict(z, motion=motion, context=context):
+                return dynamics.predict(i, z[None], context, motion)[0][0]
+        else:
+            start = dynamics.refine(i, state.source[b : b + 1], context)[0].detach()
+
+            def predict(v, motion=motion):
+                return dynamics.forward_predictors[i](dynamics.motion_proj(motion), v[None])[0][0]
+
+        heat = jvp_heatmaps(predict, start.detach(), positions, cfg.num_samples, generator, cfg.chunk)
+        heatmaps.append(heat[:, cls:])
+    strip = encoder.num_prefix_tokens
+    return PairAnalysis(torch.stack(heatmaps), zs[i][:, strip:], features_t[:, strip:], grid)
+
+
+def token_centres(grid: tuple[int, int], patch: int) -> torch.Tensor:
+    """Pixel (x, y) centres of the patch tokens of a square ``grid`` (row-major), (h*w, 2)."""
+    if grid[0] != grid[1]:
+        raise ValueError(f"the perturbation analysis needs a square token grid, got {grid}")
+    return grid_points(grid[0], (grid[1] * patch, grid[0] * patch))
+
+
+def peak_hits(
+    heatmaps: torch.Tensor, target_xy: torch.Tensor, valid: torch.Tensor, patch: int, grid: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """Per source token: is the heatmap peak within one token (Chebyshev) of the token containing the true target
+    position, exactly on it, or on the source token itself? ``heatmaps`` (..., hw, hw), ``target_xy`` (..., hw, 2),
+    ``valid`` (..., hw). Returns bool tensors (..., hw) and the ``valid`` mask."""
+    w = grid[1]
+    peak = heatmaps.argmax(-1)
+    pr, pc = peak // w, peak % w
+    tr, tc = token_rc(target_xy, patch, grid)
+    dist = torch.maximum((pr - tr).abs(), (pc - tc).abs())
+    source = torch.arange(heatmaps.shape[-2], device=heatmaps.device)
+    return {"within1": dist <= 1, "exact": dist == 0, "identity": peak == source, "valid": valid}
+
+
+def chain_tracks(
+    heatmaps: torch.Tensor,
+    source_features: torch.Tensor,
+    target_features: torch.Tensor,
+    start: torch.Tensor,
+    top_k: int,
+) -> dict[str, torch.Tensor]:
+    """Follow tokens through a clip: ``heatmaps`` (T-1, hw, hw) and features (T-1, hw, D) of the consecutive pairs,
+    ``start`` (Q,) token indices on frame 0. Returns token indices (T, Q) per strategy: ``top1`` (heatmap argmax),
+    ``topk_sim`` (top-k heatmap positions re-ranked by cosine similarity to the current token, the paper's
+    tracking) and ``nn`` (feature nearest neighbour over the whole target frame, the baseline)."""
+    cur = {"top1": start, "topk_sim": start, "nn": start}
+    out = {name: [start] for name in cur}
+    k = min(top_k, heatmaps.shape[-1])
+    for t in range(heatmaps.shape[0]):
+        src = F.normalize(source_features[t], dim=-1)
+        tgt = F.normalize(target_features[t], dim=-1)
+        cur["top1"] = heatmaps[t, cur["top1"]].argmax(-1)
+        cand = heatmaps[t, cur["topk_sim"]].topk(k, dim=-1).indices  # (Q, k)
+        sim = (tgt[cand] * src[cur["topk_sim"]][:, None]).sum(-1)
+        cur["topk_sim"] = cand.gather(1, sim.argmax(-1, keepdim=True))[:, 0]
+        cur["nn"] = (src[cur["nn"]] @ tgt.T).argmax(-1)
+        for name in out:
+            out[name].append(cur[name])
+    return {name: torch.stack(seq) for name, seq in out.items()}
+
+
+def tracking_scores(
+    tokens: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor, patch: int, grid: tuple[int, int]
+) -> dict[str, float]:
+    """Accuracy (predicted token contains the true position) and mean token distance (Euclidean, in tokens) over
+    visible points of frames 1..T-1. ``tokens`` (T, Q), ``tracks`` (T, Q, 2), ``visible`` (T, Q)."""
+    tr, tc = token_rc(tracks[1:], patch, grid)
+    pr, pc = tokens[1:] // grid[1], tokens[1:] % grid[1]
+    vis = visible[1:]
+    if not vis.any():
+        raise ValueError("no visible ground-truth track points after the first frame")
+    dist = torch.hypot((pr - tr).float(), (pc - tc).float())[vis]
+    return {"acc": (dist == 0).float().mean().item(), "token_dist": dist.mean().item()}
+
+
+def plot_heatmaps(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    heatmaps: torch.Tensor,
+    tokens: list[int],
+    patch: int,
+    grid: tuple[int, int],
+    path: Path,
+    target_xy: torch.Tensor | None = None,
+) -> None:
+    """One row per chosen source token: the source frame with the token marked, the target frame with the heatmap
+    overlaid (and the true target position when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = token_centres(grid, patch)
+    fig, axes = plt.subplots(len(tokens), 2, figsize=(5, 2.5 * len(tokens)), squeeze=False)
+    extent = (-0.5, grid[1] * patch - 0.5, grid[0] * patch - 0.5, -0.5)
+    for row, tok in zip(axes, tokens, strict=True):
+        row[0].imshow(source.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), extent=extent)
+        row[0].scatter(*centres[tok].tolist(), c="red", marker="+", s=120)
+        row[1].imshow(target.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), extent=extent)
+        row[1].imshow(heatmaps[tok].view(grid).cpu().numpy(), extent=extent, cmap="inferno", alpha=0.6)
+        if target_xy is not None:
+            row[1].scatter(*target_xy[tok].tolist(), c="cyan", marker="x", s=80)
+        for ax in row:
+            ax.set_axis_off()
+    axes[0, 0].set_title("source (token +)")
+    axes[0, 1].set_title("heatmap (truth x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tracks(
+    frames: torch.Tensor, tokens: dict[str, torch.Tensor], tracks: torch.Tensor, patch: int, grid, path: Path
+) -> None:
+    """First and last frame with the ground-truth tracks and each strategy's token-centre tracks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = token_centres(grid, patch)
+    fig, axes = plt.subplots(1, len(tokens) + 1, figsize=(3 * (len(tokens) + 1), 3))
+    for ax, (name, seq) in zip(axes, [("ground truth", None), *tokens.items()], strict=True):
+        ax.imshow(frames[-1].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        xy = tracks if seq is None else centres[seq]
+        for q in range(xy.shape[1]):
+            ax.plot(xy[:, q, 0].cpu(), xy[:, q, 1].cpu(), lw=1)
+        ax.set_title(name)
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
