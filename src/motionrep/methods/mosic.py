@@ -8,12 +8,17 @@ prototypes train.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from motionrep.config import MethodConfig
+from motionrep.methods.base import Method, register_method
 from motionrep.methods.mosic_core import (
     ASSIGNMENTS,
     LOSS_NORMS,
@@ -30,8 +35,13 @@ from motionrep.methods.mosic_core import (
     weighted_loss,
 )
 from motionrep.models.heads import MLPProjector
-from motionrep.models.vit import VisionTransformer
+from motionrep.models.vit import VisionTransformer, build_vit, resample_pos_embed
 from motionrep.ops.ema import make_teacher
+from motionrep.train.optim import decay_groups
+
+if TYPE_CHECKING:
+    from motionrep.config import Config
+    from motionrep.data.batch import ClipBatch
 
 SAMPLING_MODES = ("token", "bilinear")
 
@@ -50,9 +60,13 @@ class SamplingConfig:
 
 
 @dataclass
-class MoSiCConfig:
-    """The ``mosic.*`` keys (mosic.md §8.6)."""
+class MoSiCConfig(MethodConfig):
+    """The ``method.*`` keys of MoSiC (mosic.md §8.6). ``init``: the pretrained encoder to start from — a motionrep
+    run directory or checkpoint, or an official DINO / DINOv2 state dict (``.pth`` / ``.safetensors``)."""
 
+    name: str = "mosic"
+    init: str | None = None
+    backbone_lr_scale: float = 0.1
     grid_size: int = 16
     num_prototypes: int = 100
     head_dims: list[int] = field(default_factory=lambda: [1024, 1024, 512, 256])
@@ -68,26 +82,95 @@ class MoSiCConfig:
     trainable_blocks: Any = 2
     trainable_block_indices: list[int] | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Reject unsupported values and combinations with a message naming the key."""
         if self.assignment not in ASSIGNMENTS:
-            raise ValueError(f"mosic.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+            raise ValueError(f"method.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
         if self.loss_norm not in LOSS_NORMS:
-            raise ValueError(f"mosic.loss_norm must be one of {LOSS_NORMS}, got {self.loss_norm!r}")
+            raise ValueError(f"method.loss_norm must be one of {LOSS_NORMS}, got {self.loss_norm!r}")
         for branch in ("student", "teacher"):
             mode = getattr(self.sampling, branch)
             if mode not in SAMPLING_MODES:
-                raise ValueError(f"mosic.sampling.{branch} must be one of {SAMPLING_MODES}, got {mode!r}")
+                raise ValueError(f"method.sampling.{branch} must be one of {SAMPLING_MODES}, got {mode!r}")
         if self.symmetric and self.assignment != "per_frame_joint":
-            raise ValueError("mosic.symmetric applies to assignment 'per_frame_joint' only")
+            raise ValueError("method.symmetric applies to assignment 'per_frame_joint' only")
         if self.grid_size < 1 or self.num_prototypes < 2 or not self.head_dims or self.student_temp <= 0:
-            raise ValueError("mosic needs grid_size >= 1, num_prototypes >= 2, non-empty head_dims, student_temp > 0")
+            raise ValueError("method needs grid_size >= 1, num_prototypes >= 2, non-empty head_dims, student_temp > 0")
+        if self.backbone_lr_scale < 0:
+            raise ValueError("method.backbone_lr_scale must be >= 0")
         num_dropped(1, self.mask_ratio)  # range check
         if self.sinkhorn.epsilon <= 0 or self.sinkhorn.iterations < 1:
-            raise ValueError("mosic.sinkhorn needs epsilon > 0 and iterations >= 1")
+            raise ValueError("method.sinkhorn needs epsilon > 0 and iterations >= 1")
         tb = self.trainable_blocks
         if not (tb == "all" or (isinstance(tb, int) and not isinstance(tb, bool) and tb >= 1)):
-            raise ValueError(f"mosic.trainable_blocks must be a positive integer or 'all', got {tb!r}")
+            raise ValueError(f"method.trainable_blocks must be a positive integer or 'all', got {tb!r}")
+
+
+def _encoder_state(obj: Any, source: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The encoder state dict inside a loaded checkpoint, and what kind of checkpoint it was."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+    if isinstance(obj.get("method"), dict):  # a motionrep training checkpoint: the student encoder
+        state = {k.removeprefix("encoder."): v for k, v in obj["method"].items() if k.startswith("encoder.")}
+        if not state:
+            raise ValueError(f"{source}: the motionrep checkpoint holds no 'encoder.*' weights")
+        return state, "motionrep checkpoint"
+    for wrapper in ("teacher", "model", "state_dict"):  # official training checkpoints wrap the weights
+        if isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith("backbone.") for k in state):  # DINO: backbone.* next to head.*
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    return state, "official state dict"
+
+
+def load_encoder_weights(encoder: VisionTransformer, path: str | Path) -> str:
+    """Load pretrained encoder weights into ``encoder`` with strict key checks; returns a description of the source.
+
+    ``path``: a motionrep run directory (``checkpoints/last.pt``) or checkpoint file (its student ``encoder.*``), or
+    an official DINO / DINOv2 state dict (``.pth`` or ``.safetensors``, optionally wrapped in ``teacher`` / ``model``
+    / ``state_dict``, ``module.`` and ``backbone.`` prefixes stripped). The position embedding is resampled to the
+    encoder's native grid. Missing, unexpected or mis-shaped keys raise a ``ValueError`` naming them.
+    """
+    source = Path(path)
+    if source.is_dir():
+        candidates = [source / "checkpoints" / "last.pt", source / "last.pt"]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{source}: no checkpoint found (looked for {', '.join(map(str, candidates))})")
+        source = found[0]
+    if not source.is_file():
+        raise FileNotFoundError(f"initial weights not found: {source}")
+    if source.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(source))
+    else:
+        obj = torch.load(source, map_location="cpu", weights_only=True)
+    state, kind = _encoder_state(obj, source)
+    expected = encoder.state_dict()
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape != expected["pos_embed"].shape and pos.dim() == 3:
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side + 1 == pos.shape[1]:
+            state["pos_embed"] = resample_pos_embed(pos, (side, side), encoder.pos_grid)
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    problems = [
+        f"{label}: {', '.join(keys)}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"{source} does not fit the encoder ({kind}); " + "; ".join(problems))
+    encoder.load_state_dict(state)
+    return f"{kind} {source}"
 
 
 def trainable_block_ids(depth: int, cfg: MoSiCConfig) -> list[int] | None:
@@ -100,48 +183,62 @@ def trainable_block_ids(depth: int, cfg: MoSiCConfig) -> list[int] | None:
         ids = sorted(set(cfg.trainable_block_indices))
         if not ids or ids[0] < 0 or ids[-1] >= depth:
             raise ValueError(
-                f"mosic.trainable_block_indices must lie in 0..{depth - 1}, got {cfg.trainable_block_indices}"
+                f"method.trainable_block_indices must lie in 0..{depth - 1}, got {cfg.trainable_block_indices}"
             )
         return ids
     if cfg.trainable_blocks == "all":
         return None
     if cfg.trainable_blocks > depth:
-        raise ValueError(f"mosic.trainable_blocks={cfg.trainable_blocks} exceeds the backbone depth {depth}")
+        raise ValueError(f"method.trainable_blocks={cfg.trainable_blocks} exceeds the backbone depth {depth}")
     return list(range(depth - cfg.trainable_blocks, depth))
 
 
-class MoSiC(nn.Module):
-    """Student encoder + MLP head + prototypes, and their EMA teacher copies (``ema_teacher: true``).
+@register_method("mosic")
+class MoSiC(Method):
+    """Student encoder + MLP head + prototypes, and their EMA teacher copies (``method.ema_teacher: true``).
 
-    ``encoder`` must already hold its initial (pretrained) weights: the teacher is copied from it here.
+    The encoder is built from ``cfg.model`` and loaded from ``method.init`` before the teacher is copied from it.
     """
 
-    def __init__(self, encoder: VisionTransformer, cfg: MoSiCConfig):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
+    Config = MoSiCConfig
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        mc: MoSiCConfig = cfg.method
+        self.method_cfg = mc
+        encoder = build_vit(cfg.model.name, **cfg.model.overrides())
+        self.init_source = load_encoder_weights(encoder, mc.init) if mc.init else "random"
         self.encoder = encoder
-        self.trainable_ids = trainable_block_ids(len(encoder.blocks), cfg)
+        self.trainable_ids = trainable_block_ids(len(encoder.blocks), mc)
         if self.trainable_ids is not None:
             encoder.requires_grad_(False)
             for i in self.trainable_ids:
                 encoder.blocks[i].requires_grad_(True)
-        self.head = MLPProjector(encoder.embed_dim, cfg.head_dims)
-        self.prototypes = Prototypes(cfg.num_prototypes, cfg.head_dims[-1])
-        if cfg.ema_teacher:
+        self.head = MLPProjector(encoder.embed_dim, mc.head_dims)
+        self.prototypes = Prototypes(mc.num_prototypes, mc.head_dims[-1])
+        if mc.ema_teacher:
             self.teacher = make_teacher(encoder).eval()
             self.teacher_head = make_teacher(self.head)
             self.teacher_prototypes = make_teacher(self.prototypes)
 
     def train(self, mode: bool = True) -> MoSiC:
         super().train(mode)
-        if self.cfg.ema_teacher:
+        if self.method_cfg.ema_teacher:
             self.teacher.eval()
         return self
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable backbone blocks at ``backbone_lr_scale`` × the lr (1:10 by default), head and prototypes at the
+        lr; weight decay on >= 2-D weights (prototypes included), none on biases and 1-D parameters."""
+        head = chain(self.head.named_parameters("head"), self.prototypes.named_parameters("prototypes"))
+        return decay_groups(self.encoder.named_parameters(), self.method_cfg.backbone_lr_scale) + decay_groups(head)
+
+    def training_step(self, batch: ClipBatch, step: int) -> dict[str, torch.Tensor]:
+        return self.compute_losses(batch.frames, batch.tracks, batch.visible, batch.in_crop)
+
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(student, teacher) module pairs for the EMA update after every optimiser step."""
-        if not self.cfg.ema_teacher:
+        if not self.method_cfg.ema_teacher:
             return []
         return [
             (self.encoder, self.teacher),
@@ -152,12 +249,13 @@ class MoSiC(nn.Module):
     def student_frames(self, num_frames: int) -> int:
         """How many leading frames the student encodes: only frame 0 when only frame-0 predictions enter the loss
         (``per_frame_joint`` without the symmetric term, with an EMA teacher providing the targets)."""
-        frame0_only = self.cfg.assignment == "per_frame_joint" and not self.cfg.symmetric and self.cfg.ema_teacher
+        mc = self.method_cfg
+        frame0_only = mc.assignment == "per_frame_joint" and not mc.symmetric and mc.ema_teacher
         return 1 if frame0_only else num_frames
 
     def teacher_frames(self, num_frames: int) -> int:
         """How many leading frames get OT targets: frame 0 only when they are propagated along the tracks."""
-        return 1 if self.cfg.assignment == "propagate_frame0" else num_frames
+        return 1 if self.method_cfg.assignment == "propagate_frame0" else num_frames
 
     def _student_tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Student patch tokens; the frozen leading part (embedding and blocks before the first trainable one) runs
@@ -186,7 +284,7 @@ class MoSiC(nn.Module):
         """Cosine scores (B, T, N, K) of the projected features at the track points; tokens (B, T, s2, D)."""
         return prototypes(head(sample_tracks(tokens, tracks, self.encoder.patch_size, grid_hw, mode=mode)))
 
-    def forward(
+    def compute_losses(
         self,
         frames: torch.Tensor,
         tracks: torch.Tensor,
@@ -195,7 +293,7 @@ class MoSiC(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Loss and statistics for clips ``frames`` (B, T, 3, H, W) in [0, 1] with tracks (B, T, N, 2) in (x, y)
         pixels of these frames, ``visible`` and ``in_crop`` (B, T, N) bool."""
-        cfg = self.cfg
+        cfg = self.method_cfg
         if frames.dim() != 5 or tracks.dim() != 4 or tracks.shape[:2] != frames.shape[:2] or tracks.shape[-1] != 2:
             raise ValueError(
                 f"expected frames (B, T, 3, H, W) and tracks (B, T, N, 2), got {tuple(frames.shape)} and "

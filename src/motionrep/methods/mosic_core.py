@@ -34,7 +34,9 @@ class Prototypes(nn.Module):
         self.weight.copy_(F.normalize(self.weight, dim=1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.weight.t()
+        """Cosine scores in fp32 (outside autocast, so that they stay within [-1, 1] for Sinkhorn)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return F.normalize(z.float(), dim=-1) @ self.weight.float().t()
 
 
 def num_dropped(num_tokens: int, ratio: float) -> int:

@@ -1,0 +1,273 @@
+"""The MoSiC method: frame-0 efficiency, assignment modes, masking, loss weights, freezing, EMA, optimiser groups,
+initialisation from checkpoints, config validation."""
+
+import pytest
+import torch
+
+import motionrep.methods.mosic as mosic
+from motionrep.config import Config, ModelConfig
+from motionrep.methods.mosic import MoSiC, MoSiCConfig, load_encoder_weights
+from motionrep.models.vit import build_vit
+from motionrep.ops.ema import ema_update
+from motionrep.ops.points import grid_points
+
+P, S, SIZE = 8, 4, 32  # vit-micro: patch 8, 4 x 4 tokens on 32 x 32 frames
+
+
+def make(model: ModelConfig | None = None, **method) -> MoSiC:
+    method = {"grid_size": S, "num_prototypes": 8, "head_dims": [64, 32], **method}
+    return MoSiC(Config(model=model or ModelConfig(name="vit-micro"), method=MoSiCConfig(**method)))
+
+
+def clip(b: int = 2, t: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random frames; one track per token centre moving one token to the right per frame (clamped at the edge)."""
+    frames = torch.rand(b, t, 3, SIZE, SIZE)
+    start = grid_points(S, (SIZE, SIZE))
+    tracks = start.expand(b, t, -1, -1).clone()
+    tracks[..., 0] = (tracks[..., 0] + P * torch.arange(t).view(1, t, 1)).clamp(max=SIZE - 1)
+    visible = torch.ones(b, t, S * S, dtype=torch.bool)
+    visible[:, 1:, ::5] = False
+    return frames, tracks, visible, torch.ones_like(visible)
+
+
+def grads(model: MoSiC) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_frame0_only_student_equals_full_computation():
+    model = make()
+    data = clip()
+    torch.manual_seed(1)
+    fast = model.compute_losses(*data)
+    fast["loss"].backward()
+    g_fast = grads(model)
+    model.zero_grad()
+    model.student_frames = lambda t: t  # force the student through every frame
+    torch.manual_seed(1)  # same masked tokens
+    full = model.compute_losses(*data)
+    full["loss"].backward()
+    g_full = grads(model)
+    assert torch.allclose(fast["loss"], full["loss"], atol=1e-6)
+    assert g_fast.keys() == g_full.keys() and len(g_fast) > 0
+    for name in g_fast:
+        assert torch.allclose(g_fast[name], g_full[name], atol=1e-6), name
+
+
+def test_propagate_frame0_gives_identical_targets_along_each_track(monkeypatch):
+    seen = {}
+    real_ot, real_ce = mosic.ot_assignments, mosic.cluster_cross_entropy
+
+    def ot(scores, *args, **kw):
+        seen["ot_shape"] = scores.shape
+        return real_ot(scores, *args, **kw)
+
+    def ce(student, targets, *args, **kw):
+        seen["student_shape"], seen["targets"] = student.shape, targets
+        return real_ce(student, targets, *args, **kw)
+
+    monkeypatch.setattr(mosic, "ot_assignments", ot)
+    monkeypatch.setattr(mosic, "cluster_cross_entropy", ce)
+    model = make(assignment="propagate_frame0")
+    b, t = 2, 3
+    model.compute_losses(*clip(b, t))
+    assert seen["ot_shape"] == (b, 1, S * S, 8)  # Sinkhorn over frame-0 columns only
+    assert seen["student_shape"] == (b, t, S * S, 8)  # the student predicts at every frame
+    hard = seen["targets"].argmax(-1).expand(b, t, S * S)
+    assert (hard == hard[:, :1]).all()
+
+
+def test_per_frame_joint_targets_cover_all_frames(monkeypatch):
+    seen = {}
+    real_ot = mosic.ot_assignments
+    monkeypatch.setattr(mosic, "ot_assignments", lambda s, *a, **k: seen.setdefault("q", real_ot(s, *a, **k)))
+    make().compute_losses(*clip(2, 3))
+    assert seen["q"].shape == (2, 3, S * S, 8)
+    assert not (seen["q"].argmax(-1) == seen["q"][:, :1].argmax(-1)).all()  # per-frame targets differ somewhere
+
+
+def test_masking_shares_kept_tokens_across_frames_and_spares_the_teacher():
+    model = make(mask_ratio=0.4, symmetric=True)  # symmetric: the student encodes every frame
+    calls = {"student": [], "teacher": []}
+    for branch, encoder in (("student", model.encoder), ("teacher", model.teacher)):
+        embed = encoder.embed
+
+        def record(x, keep=None, mask=None, _embed=embed, _calls=calls[branch]):
+            _calls.append(keep)
+            return _embed(x, keep, mask)
+
+        encoder.embed = record
+    b, t = 2, 3
+    model.compute_losses(*clip(b, t))
+    (keep,) = calls["student"]
+    assert keep.shape == (b * t, S * S - int(S * S * 0.4))  # ⌊16 · 0.4⌋ = 6 tokens dropped per clip
+    per_clip = keep.view(b, t, -1)
+    assert (per_clip == per_clip[:, :1]).all()
+    assert calls["teacher"] == [None]
+
+
+@pytest.mark.parametrize("assignment", ["per_frame_joint", "propagate_frame0"])
+def test_weights_are_zero_where_the_predicting_student_token_was_dropped(monkeypatch, assignment):
+    b, t = 2, 3
+    keep = torch.tensor([[0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], list(range(15))])  # drop 1 / drop 15
+    monkeypatch.setattr(mosic, "random_keep", lambda *a, **k: keep)
+    seen = []
+    real = mosic.weighted_loss
+    monkeypatch.setattr(mosic, "weighted_loss", lambda ce, w, norm: seen.append(w) or real(ce, w, norm))
+    model = make(mask_ratio=0.1, assignment=assignment)
+    frames, tracks, visible, in_crop = clip(b, t)
+    in_crop[:, 2, 3] = False
+    model.compute_losses(frames, tracks, visible, in_crop)
+    (w,) = seen
+    # token of each track at each frame, by hand: row = n // S, column = min(n % S + t, S - 1)
+    n = torch.arange(S * S)
+    col = (n % S + torch.arange(t)[:, None]).clamp(max=S - 1)
+    token = (n // S) * S + col  # (T, N)
+    pred_token = token[:1].expand(t, -1) if assignment == "per_frame_joint" else token
+    dropped = torch.stack([pred_token == 1, pred_token == 15])  # (B, T, N)
+    expected = visible & in_crop & ~dropped
+    assert torch.equal(w.expand(b, t, S * S), expected.float())
+
+
+@pytest.mark.parametrize("depth", [12, 24])
+def test_exactly_the_last_two_blocks_head_and_prototypes_get_gradients(depth):
+    model = make(ModelConfig(name="vit-micro", depth=depth, embed_dim=32, num_heads=2), mask_ratio=0.0)
+    model.compute_losses(*clip(1, 2))["loss"].backward()
+    with_grad = {
+        n.split(".")[0] + "." + n.split(".")[2] if n.startswith("encoder.blocks") else n.split(".")[0]
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
+    assert with_grad == {f"encoder.{depth - 2}", f"encoder.{depth - 1}", "head", "prototypes"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_replicated_block_indices_and_all():
+    micro24 = ModelConfig(name="vit-micro", depth=24, embed_dim=32, num_heads=2)
+    model = make(micro24, trainable_block_indices=[10, 11])
+    model.compute_losses(*clip(1, 2))["loss"].backward()
+    blocks = {int(n.split(".")[2]) for n, p in model.encoder.named_parameters(prefix="encoder") if p.grad is not None}
+    assert blocks == {10, 11}  # gradients cross the frozen blocks 12-23
+    everything = make(trainable_blocks="all")
+    assert all(p.requires_grad for p in everything.encoder.parameters())
+    assert not any(p.requires_grad for p in everything.teacher.parameters())
+
+
+def test_vit_s_trainable_backbone_and_head_sizes():
+    model = make(ModelConfig(name="vit-s14"), head_dims=[1024, 1024, 512, 256], num_prototypes=100)
+    trainable = sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
+    assert trainable == 3_550_464  # blocks 10 and 11 of ViT-S/14 with LayerScale: 3.55 M
+    assert sum(p.numel() for p in model.head.parameters()) == 2_099_968  # ≈ 2.10 M for d = 384
+
+
+def test_ema_moves_the_teacher_by_one_percent_of_the_gap():
+    model = make()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    before = {
+        f"{i}.{n}": (s.detach().clone(), t.detach().clone())
+        for i, (sm, tm) in enumerate(model.ema_pairs())
+        for (n, s), (_, t) in zip(sm.named_parameters(), tm.named_parameters(), strict=True)
+    }
+    for student, teacher in model.ema_pairs():
+        ema_update(student, teacher, 0.99)
+    after = {f"{i}.{n}": t for i, (_, tm) in enumerate(model.ema_pairs()) for n, t in tm.named_parameters()}
+    moved = 0
+    for key, (s, t) in before.items():
+        assert torch.allclose(after[key] - t, 0.01 * (s - t), atol=1e-6), key
+        moved += int(not torch.equal(s, t))
+    assert moved > 0 and len(model.ema_pairs()) == 3
+
+
+def test_param_groups_backbone_at_a_tenth_and_decay_rules():
+    model = make()
+    groups = model.param_groups()
+    ids = {id(p): g for g in groups for p in g["params"]}
+    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    qkv = model.encoder.blocks[-1].attn.qkv
+    assert ids[id(qkv.weight)]["lr_scale"] == 0.1 and ids[id(qkv.weight)]["apply_wd"]
+    assert ids[id(qkv.bias)]["lr_scale"] == 0.1 and not ids[id(qkv.bias)]["apply_wd"]
+    assert ids[id(model.prototypes.weight)] == next(g for g in groups if g["lr_scale"] == 1.0 and g["apply_wd"])
+    assert not ids[id(model.head.mlp[0].bias)]["apply_wd"]
+
+
+def test_without_ema_teacher_student_scores_and_double_epsilon(monkeypatch):
+    seen = {}
+    real = mosic.ot_assignments
+
+    def ot(scores, epsilon, *a, **k):
+        seen.update(shape=scores.shape, epsilon=epsilon, grad=scores.requires_grad)
+        return real(scores, epsilon, *a, **k)
+
+    monkeypatch.setattr(mosic, "ot_assignments", ot)
+    model = make(ema_teacher=False)
+    assert model.ema_pairs() == [] and not hasattr(model, "teacher")
+    out = model.compute_losses(*clip(2, 3))
+    assert seen == {"shape": (2, 3, S * S, 8), "epsilon": 0.1, "grad": False}
+    out["loss"].backward()
+
+
+def test_loss_statistics_and_loss_norm_switch():
+    data = clip(2, 3)
+    torch.manual_seed(3)
+    visible = make(mask_ratio=0.0).compute_losses(*data)
+    torch.manual_seed(3)
+    every = make(mask_ratio=0.0, loss_norm="all_entries").compute_losses(*data)
+    frac = data[2].float().mean()
+    assert torch.isclose(visible["visible_frac"], frac) and torch.isclose(visible["weight_frac"], frac)
+    assert torch.allclose(every["loss"], visible["loss"] * frac, atol=1e-6)
+    assert 0.0 < float(visible["cluster_entropy"]) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"assignment": "per_frame"}, "assignment"),
+        ({"symmetric": True, "assignment": "propagate_frame0"}, "symmetric"),
+        ({"sampling": mosic.SamplingConfig(student="nearest")}, "sampling.student"),
+        ({"trainable_blocks": 0}, "trainable_blocks"),
+        ({"mask_ratio": 1.0}, "mask ratio"),
+        ({"loss_norm": "mean"}, "loss_norm"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MoSiCConfig(**kwargs)
+
+
+def test_bad_input_shapes_are_reported():
+    frames, tracks, visible, in_crop = clip(2, 3)
+    with pytest.raises(ValueError, match="tracks"):
+        make().compute_losses(frames, tracks[:, :2], visible, in_crop)
+    with pytest.raises(ValueError, match="visible"):
+        make().compute_losses(frames, tracks, visible[..., :3], in_crop)
+
+
+def test_init_from_official_layout_and_motionrep_checkpoint(tmp_path):
+    source = build_vit("vit-micro", img_size=64)  # 8 x 8 position grid, resampled to the encoder's 4 x 4
+    official = {"teacher": {f"backbone.{k}": v for k, v in source.state_dict().items()} | {"head.w": torch.ones(1)}}
+    torch.save(official, tmp_path / "dino.pth")
+    model = make(init=str(tmp_path / "dino.pth"))
+    assert torch.equal(model.encoder.blocks[2].mlp.fc1.weight, source.blocks[2].mlp.fc1.weight)
+    assert model.encoder.pos_embed.shape == (1, 1 + S * S, 64)
+    assert torch.equal(model.teacher.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    method_state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()} | {"head.x": torch.ones(1)}
+    torch.save({"step": 3, "method": method_state}, run / "checkpoints" / "last.pt")
+    again = make(init=str(run))
+    assert torch.equal(again.encoder.pos_embed, model.encoder.pos_embed)
+    assert again.init_source.startswith("motionrep checkpoint")
+
+
+def test_init_reports_missing_and_unexpected_keys_by_name(tmp_path):
+    state = build_vit("vit-micro").state_dict()
+    del state["norm.weight"]
+    state["blocks.9.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"missing keys: norm\.weight.*unexpected keys: blocks\.9\.extra"):
+        load_encoder_weights(build_vit("vit-micro"), tmp_path / "bad.pth")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_encoder_weights(build_vit("vit-micro"), tmp_path)
