@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -110,12 +111,13 @@ def load_tracks(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"{path}: no such track file")
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = {"tracks", "visible"} - set(data.files)
-            if missing:
-                raise ValueError(f"{path}: not a track file (missing {', '.join(sorted(missing))})")
-            return check_tracks(data["tracks"], data["visible"], str(path))
-    except (OSError, EOFError) as err:  # truncated or not an npz
+            arrays = {key: data[key] for key in ("tracks", "visible") if key in data.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # truncated, not an npz, or pickled
         raise ValueError(f"{path}: unreadable track file ({err})") from err
+    missing = {"tracks", "visible"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path}: not a track file (missing {', '.join(sorted(missing))})")
+    return check_tracks(arrays["tracks"], arrays["visible"], str(path))
 
 
 def grid_queries(n: int, width: int, height: int) -> np.ndarray:
