@@ -22,7 +22,6 @@ from motionrep.data.sources import (
     SynthSource,
     VideoSource,
     list_images,
-    natural_key,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def _require_dir(root: str | Path, name: str, layout: str) -> Path:
 
 def _video_files(folder: Path, recursive: bool = False) -> list[Path]:
     pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in pattern if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
 def _video_entries(files: Sequence[Path], label: str | None = None) -> list[VideoEntry]:
@@ -109,7 +108,7 @@ def _frame_entries(folders: Sequence[Path], fps: float = 30.0, label: str | None
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
+    return sorted(p for p in folder.iterdir() if p.is_dir())
 
 
 def _first_existing(candidates: Sequence[Path]) -> Path | None:
@@ -229,8 +228,22 @@ CATALOGS: dict[str, Callable[..., Catalog]] = {
 }
 
 
-def build_catalog(name: str, root: str | Path, **options: Any) -> Catalog:
-    """The catalog of the file layout ``name`` at ``root``."""
+def synthetic_world(
+    preset: str = "tiny", split: str = "train", seed: int = 0, num_videos: int | None = None
+) -> Catalog:
+    """The catalog of a freshly configured synthetic world (``motionrep.data.synth``)."""
+    from motionrep.data.synth import SynthWorld, synth_preset
+
+    return synthetic(SynthWorld(synth_preset(preset), split, seed, num_videos))
+
+
+def build_catalog(name: str, root: str | Path | None = None, **options: Any) -> Catalog:
+    """The catalog of the file layout ``name`` at ``root``; ``"synthetic"`` takes the options of
+    :func:`synthetic_world` and no root."""
+    if name == "synthetic":
+        return synthetic_world(**options)
+    if root is None:
+        raise ValueError(f"dataset layout {name!r} needs a root path")
     if name not in CATALOGS:
         raise ValueError(f"unknown dataset layout {name!r}; choose one of {sorted(CATALOGS)} (or 'synthetic')")
     return CATALOGS[name](root, **options)

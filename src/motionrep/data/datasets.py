@@ -173,10 +173,11 @@ class PairDataset(VideoDataset[PairBatch]):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             motion = torch.stack([self.t1(motion[:, 0]), self.t2(motion[:, 1])], dim=1)
-            globals_ = torch.stack(
-                [self.t1(globals_[:, :, 0].flatten(0, 1)), self.t2(globals_[:, :, 1].flatten(0, 1))], dim=2
-            )
-            globals_ = globals_.view(motion.shape[0], 2, 2, *globals_.shape[-3:])
+            per_crop = [
+                tf(globals_[:, :, c].flatten(0, 1)).view_as(globals_[:, :, c])
+                for c, tf in enumerate((self.t1, self.t2))
+            ]
+            globals_ = torch.stack(per_crop, dim=2)
             locals_ = self.tl(locals_.flatten(0, 2)).view(locals_.shape)
         return motion, globals_, locals_
 
