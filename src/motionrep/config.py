@@ -86,22 +86,27 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic | folder | bdd100k | walking_tours | ytvos | ...
-    root: str | None = None  # dataset root on disk (None for the in-memory synthetic world)
+    """Training videos (``source``/``root``/``split``, or the in-memory synthetic world) and how they are sampled:
+    frame-pair gaps, repeats and the crops of ``motionrep.data.views.PairViewsConfig`` (same key names)."""
+
+    source: str = "synthetic"  # synthetic | bdd100k | walking_tours | youtube_vos | davis2017 | kinetics | video_folder
+    root: str | None = None  # dataset root on disk (unused for the synthetic world)
     split: str = "train"
-    synth_preset: str = "tiny"  # synthetic-world preset
-    videos: int = 64  # synthetic videos generated in memory
+    synth_preset: str = "small"  # synthetic world: preset, number of videos (None: the preset's split size), seed
+    synth_videos: int | None = None
+    synth_seed: int = 0
     gap: list[int] = field(default_factory=lambda: [1, 3])  # frame-pair gap range in frames, inclusive
     repeats: int = 1  # pairs drawn per video visit (R)
-    global_size: int = 64
-    local_size: int = 32
-    local_crops: int = 4  # per frame
-    initial_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
-    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
     motion_size: int = 64
     motion_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    clip_frames: int = 12
+    init_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    global_size: int = 64
+    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_size: int = 32
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    n_local: int = 4  # local crops per frame
+    photometric: bool = True  # DINO's colour / blur / solarize recipe
+    clip_frames: int = 12  # clip methods (MoSiC): frames per clip and step between them
     clip_step: int = 6
 
 

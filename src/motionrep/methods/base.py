@@ -21,7 +21,8 @@ from motionrep.config import ConfigError, MethodConfig
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from motionrep.config import Config
+    from motionrep.config import Config, DataConfig
+    from motionrep.data.catalog import Catalog
 
 
 class Method(nn.Module):
@@ -74,6 +75,28 @@ class Method(nn.Module):
     def module_sizes(self) -> dict[str, int]:
         """Parameter count of each top-level submodule (teachers included), for ``pretrain --dry-run``."""
         return {name: sum(p.numel() for p in m.parameters()) for name, m in self.named_children()}
+
+
+def video_catalog(data: DataConfig) -> Catalog:
+    """The training videos of ``cfg.data``: the in-memory synthetic world, or a dataset layout on disk.
+
+    Raises ``ValueError`` (a missing or empty dataset, an unknown source) with a message naming the path.
+    """
+    import inspect
+
+    from motionrep.data import catalog
+
+    if data.source == "synthetic":
+        from motionrep.data.synth import SynthWorld, synth_preset
+
+        world = SynthWorld(synth_preset(data.synth_preset), data.split, data.synth_seed, data.synth_videos)
+        return catalog.synthetic(world)
+    if data.source not in catalog.CATALOGS:
+        raise ConfigError(f"unknown data.source {data.source!r}; choose synthetic or one of {sorted(catalog.CATALOGS)}")
+    if not data.root:
+        raise ConfigError(f"data.source={data.source} needs data.root (the dataset folder)")
+    takes_split = "split" in inspect.signature(catalog.CATALOGS[data.source]).parameters
+    return catalog.build_catalog(data.source, data.root, **({"split": data.split} if takes_split else {}))
 
 
 _REGISTRY: dict[str, type[Method]] = {}

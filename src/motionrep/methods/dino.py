@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from motionrep.config import MethodConfig
 from motionrep.losses.dino import DINOLoss, frame_pair_view_mask
-from motionrep.methods.base import Method, register_method
+from motionrep.methods.base import Method, register_method, video_catalog
 from motionrep.models.heads import DINOHead
 from motionrep.models.vit import VisionTransformer, build_vit
 from motionrep.ops.ema import make_teacher
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from motionrep.config import Config
     from motionrep.data.batch import PairBatch
+    from motionrep.data.datasets import PairDataset
 
 
 @dataclass
@@ -118,6 +119,28 @@ def build_encoder_pair(cfg: Config) -> tuple[VisionTransformer, VisionTransforme
     return student, teacher
 
 
+def pair_dataset(cfg: Config) -> PairDataset:
+    """Frame pairs with motion, global and local crops from ``cfg.data`` (for DINO and Midway)."""
+    from motionrep.data.datasets import PairDataset
+    from motionrep.data.sampling import PairSampler
+    from motionrep.data.views import PairViewsConfig
+
+    d = cfg.data
+    views = PairViewsConfig(
+        motion_size=d.motion_size,
+        motion_scale=tuple(d.motion_scale),
+        init_scale=tuple(d.init_scale),
+        global_size=d.global_size,
+        global_scale=tuple(d.global_scale),
+        local_size=d.local_size,
+        local_scale=tuple(d.local_scale),
+        n_local=d.n_local,
+        photometric=d.photometric,
+    )
+    sampler = PairSampler(gap=tuple(d.gap), repeats=d.repeats)
+    return PairDataset(video_catalog(d), sampler, views, seed=cfg.train.seed)
+
+
 @register_method("dino")
 class DINO(Method):
     """DINO baseline on frame pairs of a video dataset (``latent_dynamics: false`` Midway)."""
@@ -127,13 +150,11 @@ class DINO(Method):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.encoder, self.teacher_encoder = build_encoder_pair(cfg)
-        self.dino = MultiCropDINO(self.encoder.embed_dim, cfg.method, cfg.data.local_crops)
+        self.dino = MultiCropDINO(self.encoder.embed_dim, cfg.method, cfg.data.n_local)
 
     @classmethod
     def build_dataset(cls, cfg: Config) -> Dataset:
-        from motionrep.data.datasets import build_pair_dataset
-
-        return build_pair_dataset(cfg.data, seed=cfg.train.seed)
+        return pair_dataset(cfg)
 
     def training_step(self, batch: PairBatch, step: int) -> dict[str, Tensor]:
         loss = self.dino(self.encoder, self.teacher_encoder, batch.globals, batch.locals, step)

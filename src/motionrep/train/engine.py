@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from motionrep.config import Config, ConfigError, config_diff, load_config, save_config, to_yaml
 from motionrep.methods import Method, get_method
 from motionrep.ops.ema import ema_update
-from motionrep.ops.schedules import ema_momentum, warmup_cosine, warmup_steps
 from motionrep.ops.schedules import cosine as cosine_schedule
+from motionrep.ops.schedules import ema_momentum, warmup_cosine, warmup_steps
 from motionrep.train import dist
 from motionrep.train.checkpoint import CheckpointDir, load_checkpoint, rng_state, set_rng_state
 from motionrep.train.logging import MetricsLogger, progress_bar
@@ -147,25 +147,15 @@ def checkpoint_state(step, method, optimizer, scaler, loader, cfg) -> dict[str, 
 
 
 class _BatchStream:
-    """Endless batches from an epoch-based loader, timing the wait for data."""
+    """Endless batches from the loader, timing the wait for data."""
 
     def __init__(self, loader):
-        self.loader = loader
-        self._it = None
+        self._batches = loader.batches()
         self.wait = 0.0
 
     def next(self):
         t0 = time.perf_counter()
-        for _ in range(2):
-            if self._it is None:
-                self._it = iter(self.loader)
-            try:
-                batch = next(self._it)
-                break
-            except StopIteration:
-                self._it = None
-        else:
-            raise RuntimeError("the data loader produced an empty epoch")
+        batch = next(self._batches)
         self.wait += time.perf_counter() - t0
         return batch
 
@@ -203,7 +193,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     seed_everything(cfg.train.seed)
     dataset = get_method(cfg.method.name).build_dataset(cfg)
     loader = build_loader_for(cfg, dataset, world)
-    sched = Schedules(cfg, total_steps(cfg, len(loader) if hasattr(loader, "__len__") else None))
+    sched = Schedules(cfg, total_steps(cfg, len(loader)))
     method = build_method(cfg, device)
     optimizer = build_optimizer(method.param_groups(), cfg.optim.betas)
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -260,9 +250,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
                     "samples_per_s": window_steps * cfg.train.batch_size / max(elapsed, 1e-9),
                     "data_time_frac": stream.wait / max(elapsed, 1e-9),
                 }
-                skipped = getattr(dataset, "num_skipped", None)
-                if skipped is not None:
-                    record["skipped_videos"] = int(skipped)
+                if hasattr(loader, "skip_events"):
+                    record["skipped_videos"] = int(dist.all_reduce_sum(torch.tensor(float(loader.skip_events))))
                 logger.log(record)
                 bar.set_postfix(
                     loss=f"{terms['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}"
