@@ -11,13 +11,13 @@ def test_ema_update_formula():
     student = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
     teacher = make_teacher(student)
     assert all(not p.requires_grad for p in teacher.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters(), strict=True))
     with torch.no_grad():
         for p in student.parameters():
             p.add_(torch.randn_like(p))
     before = [p.clone() for p in teacher.parameters()]
     ema_update(student, teacher, 0.9)
-    for t0, s, t in zip(before, student.parameters(), teacher.parameters()):
+    for t0, s, t in zip(before, student.parameters(), teacher.parameters(), strict=True):
         torch.testing.assert_close(t, 0.9 * t0 + 0.1 * s)
 
 

@@ -143,10 +143,10 @@ def test_apply_schedules_scales_lr_and_skips_wd():
 def test_per_parameter_clipping():
     params = [nn.Parameter(torch.zeros(3, 4)), nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(2))]
     grads = [torch.randn(3, 4) * 10, torch.randn(5) * 0.01, torch.randn(2) * 5]
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     norms = clip_grad_per_param(params, 1.0)
-    for p, g, n in zip(params, grads, norms):
+    for p, g, n in zip(params, grads, norms, strict=True):
         expected = g * min(1.0, 1.0 / (g.norm().item() + 1e-6))
         torch.testing.assert_close(p.grad, expected)
         assert n.item() == pytest.approx(g.norm().item(), rel=1e-6)

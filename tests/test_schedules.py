@@ -23,7 +23,7 @@ def test_warmup_then_cosine():
     for s in range(warm, total):
         t = (s - warm) / (total - warm - 1)
         assert values[s] == pytest.approx(final + (peak - final) * 0.5 * (1 + math.cos(math.pi * t)))
-    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1 :]))
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1 :], strict=False))
 
 
 def test_ema_momentum():
