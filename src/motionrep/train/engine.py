@@ -14,6 +14,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ from motionrep.train.optim import apply_schedules, build_optimizer, clip_grad_pe
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because a loss term became NaN or infinite."""
+
+
+class DatasetError(RuntimeError):
+    """The method's training data cannot be built (missing or empty dataset, bad layout)."""
 
 
 class RunDirError(RuntimeError):
@@ -111,6 +116,14 @@ def build_method(cfg: Config, device: torch.device | str = "cpu") -> Method:
     """The configured method on ``device`` (weights seeded by ``train.seed``)."""
     seed_everything(cfg.train.seed)
     return get_method(cfg.method.name)(cfg).to(device)
+
+
+def build_dataset(cfg: Config) -> Any:
+    """The method's training dataset; :class:`DatasetError` with the data layer's message when it cannot be built."""
+    try:
+        return get_method(cfg.method.name).build_dataset(cfg)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot build the training data ({cfg.data.source}): {e}") from e
 
 
 def build_loader_for(cfg: Config, dataset: Any, world: int):
@@ -191,7 +204,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     ckpts = _prepare_run_dir(cfg, run_dir, resume)
 
     seed_everything(cfg.train.seed)
-    dataset = get_method(cfg.method.name).build_dataset(cfg)
+    dataset = build_dataset(cfg)
     loader = build_loader_for(cfg, dataset, world)
     sched = Schedules(cfg, total_steps(cfg, len(loader)))
     method = build_method(cfg, device)
@@ -294,15 +307,13 @@ def _check_finite(names, values: torch.Tensor, step: int, ckpts: CheckpointDir) 
         raise NonFiniteLossError(f"non-finite loss at step {step}: loss term '{name}' = {value}; stopping ({kept})")
 
 
-def dry_run(cfg: Config) -> dict[str, int]:
+def dry_run(cfg: Config, warn: Callable[[str], None]) -> dict[str, int]:
     """Build the method, its optimiser and (when present) its dataset on CPU without training; returns the
-    parameter count of each top-level module. A missing dataset is a warning here."""
-    import warnings
-
+    parameter count of each top-level module. A dataset that cannot be built is reported through ``warn``."""
     try:
-        get_method(cfg.method.name).build_dataset(cfg)
-    except (OSError, ValueError) as e:
-        warnings.warn(f"dataset not available ({e}); training would fail at start", stacklevel=2)
+        build_dataset(cfg)
+    except DatasetError as e:
+        warn(f"{e} (training would stop here)")
     method = build_method(cfg, "cpu")
     build_optimizer(method.param_groups(), cfg.optim.betas)
     return method.module_sizes()
