@@ -42,8 +42,10 @@ from motionrep.train.optim import decay_groups
 if TYPE_CHECKING:
     from motionrep.config import Config
     from motionrep.data.batch import ClipBatch
+    from motionrep.data.datasets import ClipDataset
 
 SAMPLING_MODES = ("token", "bilinear")
+TRACKER_NAMES = ("ground_truth", "gt", "dis", "lk", "cotracker")
 
 
 @dataclass
@@ -60,12 +62,26 @@ class SamplingConfig:
 
 
 @dataclass
+class ClipViewKeys:
+    """The clip view (mosic.md §3.2): squash to ``resize``², flip with probability ``flip_p``, random-resized crop
+    of area fraction ``crop_scale`` resized to ``size``²."""
+
+    resize: int = 224
+    size: int = 224
+    crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    flip_p: float = 0.5
+
+
+@dataclass
 class MoSiCConfig(MethodConfig):
     """The ``method.*`` keys of MoSiC (mosic.md §8.6). ``init``: the pretrained encoder to start from — a motionrep
     run directory or checkpoint, or an official DINO / DINOv2 state dict (``.pth`` / ``.safetensors``)."""
 
     name: str = "mosic"
     init: str | None = None
+    tracker: str = "ground_truth"  # ground_truth (synthetic world) | dis | lk | cotracker
+    tracker_options: dict[str, Any] = field(default_factory=dict)  # keyword settings of the tracker
+    views: ClipViewKeys = field(default_factory=ClipViewKeys)
     backbone_lr_scale: float = 0.1
     grid_size: int = 16
     num_prototypes: int = 100
@@ -96,6 +112,13 @@ class MoSiCConfig(MethodConfig):
             raise ValueError("method.symmetric applies to assignment 'per_frame_joint' only")
         if self.grid_size < 1 or self.num_prototypes < 2 or not self.head_dims or self.student_temp <= 0:
             raise ValueError("method needs grid_size >= 1, num_prototypes >= 2, non-empty head_dims, student_temp > 0")
+        if self.tracker not in TRACKER_NAMES:
+            raise ValueError(f"method.tracker must be one of {TRACKER_NAMES}, got {self.tracker!r}")
+        v = self.views
+        if v.size < 1 or v.resize < 1 or len(v.crop_scale) != 2 or not 0 < v.crop_scale[0] <= v.crop_scale[1] <= 1:
+            raise ValueError("method.views needs size, resize >= 1 and 0 < crop_scale[0] <= crop_scale[1] <= 1")
+        if not 0.0 <= v.flip_p <= 1.0:
+            raise ValueError("method.views.flip_p must be in [0, 1]")
         if self.backbone_lr_scale < 0:
             raise ValueError("method.backbone_lr_scale must be >= 0")
         num_dropped(1, self.mask_ratio)  # range check
@@ -232,6 +255,24 @@ class MoSiC(Method):
         lr; weight decay on >= 2-D weights (prototypes included), none on biases and 1-D parameters."""
         head = chain(self.head.named_parameters("head"), self.prototypes.named_parameters("prototypes"))
         return decay_groups(self.encoder.named_parameters(), self.method_cfg.backbone_lr_scale) + decay_groups(head)
+
+    @classmethod
+    def build_dataset(cls, cfg: Config) -> ClipDataset:
+        """Clips of ``data.clip_frames`` frames at ``data.clip_step`` with tracks of a ``grid_size``² query grid."""
+        from motionrep.data.datasets import ClipDataset
+        from motionrep.data.sampling import ClipSampler
+        from motionrep.data.views import ClipViewsConfig
+        from motionrep.methods.base import video_catalog
+        from motionrep.tracking.base import get_tracker
+
+        mc: MoSiCConfig = cfg.method
+        v = mc.views
+        views = ClipViewsConfig(
+            resize=v.resize, size=v.size, crop_scale=tuple(v.crop_scale), flip_p=v.flip_p, grid=mc.grid_size
+        )
+        tracker = None if mc.tracker in ("ground_truth", "gt") else get_tracker(mc.tracker, **mc.tracker_options)
+        sampler = ClipSampler(cfg.data.clip_frames, cfg.data.clip_step)
+        return ClipDataset(video_catalog(cfg.data), sampler, views, tracker, seed=cfg.train.seed)
 
     def training_step(self, batch: ClipBatch, step: int) -> dict[str, torch.Tensor]:
         return self.compute_losses(batch.frames, batch.tracks, batch.visible, batch.in_crop)
