@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from motionrep.cli import app
 from motionrep.data.synth import SynthConfig, SynthWorld, write_split
-from motionrep.tracking.base import grid_queries, load_tracks
+from motionrep.tracking.base import get_tracker, grid_queries, load_tracks
 
 runner = CliRunner()
 CFG = SynthConfig(size=32, frames=6, track_grid=4, videos={"train": 1, "val": 1, "test": 1})
@@ -62,6 +62,18 @@ def test_lk_on_mp4_and_gt_on_synth_mp4(tmp_path, synth_dir):
     assert load_tracks(tmp_path / "gt.npz")[0].shape == (6, 4, 2)
 
 
+def test_step_chains_over_raw_frames_by_default(tmp_path, synth_dir):
+    folder = synth_dir / "val/frames/val_00000"
+    frames = SynthWorld(CFG, "val", 0)[0].frames
+    queries = grid_queries(3, 32, 32)
+    _ok([folder, "--tracker", "lk", "--grid", "3", "--step", "2", "--out", tmp_path / "all.npz"])
+    _ok([folder, "--tracker", "lk", "--grid", "3", "--step", "2", "--chain", "sampled", "--out", tmp_path / "s.npz"])
+    every, _ = get_tracker("lk")(frames, queries)
+    sampled, _ = get_tracker("lk")(frames[::2], queries)
+    np.testing.assert_allclose(load_tracks(tmp_path / "all.npz")[0], every[::2], atol=1e-4)
+    np.testing.assert_allclose(load_tracks(tmp_path / "s.npz")[0], sampled, atol=1e-4)
+
+
 def test_plain_image_folder(tmp_path):
     rng = np.random.default_rng(0)
     for t in range(3):
@@ -77,6 +89,7 @@ def test_clean_errors(tmp_path, synth_dir):
     _fails([frames, "--tracker", "raft", "--out", out], "unknown tracker")
     _fails([frames, "--out", tmp_path / "x.txt"], ".npz")
     _fails([frames, "--grid", "0", "--out", out], ">= 1")
+    _fails([frames, "--chain", "some", "--out", out], "--chain")
     _fails([frames, "--tracker", "cotracker", "--out", out], "local checkpoint")
     _fails([frames, "--tracker", "cotracker", "--checkpoint", tmp_path / "none.pth", "--out", out], "does not exist")
     empty = tmp_path / "empty"

@@ -18,9 +18,10 @@ from motionrep.tracking.dis import fb_consistent, sample_field
 from motionrep.tracking.ground_truth import GroundTruthTracker
 from motionrep.tracking.metrics import tapvid_metrics
 
-# δ_avg floors on 64x64 synthetic clips, set below the benchmark's measurement (docs/BENCHMARKS.md, "Trackers":
-# DIS 0.90, LK 0.86 on 4 clips) with room for platform differences in OpenCV.
-FLOORS = {"dis": 0.80, "lk": 0.75}
+# δ_avg floors, set from the measurement: the benchmark (docs/BENCHMARKS.md, "Trackers", 64x64, 4 clips, 16x16 grid)
+# gives DIS 0.910 and LK 0.874; on this test's 2 clips (8x8 grid) DIS 0.898 and LK 0.856. The floors leave 5 points
+# for OpenCV version differences.
+FLOORS = {"dis": 0.85, "lk": 0.80}
 
 
 def _translating_clip(dx: float, dy: float, frames: int = 6, size: int = 64) -> np.ndarray:
@@ -75,7 +76,7 @@ def test_accuracy_floor_on_synthetic_clips(name, synth_clips):
     results = [(*tracker(v.frames, queries), *v.track(queries)) for v in synth_clips]
     metrics = tapvid_metrics(*[np.stack(x) for x in zip(*results, strict=True)])
     assert metrics["delta_avg"] >= FLOORS[name]
-    assert metrics["occlusion_accuracy"] >= 0.7
+    assert metrics["occlusion_accuracy"] >= 0.75  # measured 0.84 (DIS), 0.87 (LK)
 
 
 @pytest.mark.parametrize("name", ["dis", "lk"])

@@ -108,8 +108,14 @@ def run(
     step: int = 1,
     max_frames: int | None = None,
     tracker_cfg: dict[str, Any] | None = None,
+    chain: str = "all",
 ) -> dict[str, Any]:
-    """Track a ``grid`` x ``grid`` query grid through ``video``; write ``out`` (and ``figure``); return a summary."""
+    """Track a ``grid`` x ``grid`` query grid through every ``step``-th frame of ``video`` (at most ``max_frames``);
+    write ``out`` (and ``figure``); return a summary.
+
+    ``chain="all"`` lets the flow trackers (dis, lk) step over every raw frame in between and keeps every ``step``-th
+    row (more robust to large displacements); ``"sampled"`` tracks the sampled frames directly.
+    """
     from motionrep.tracking.base import get_tracker, grid_queries, save_tracks
 
     if tracker_name not in TRACKER_NAMES:
@@ -120,8 +126,11 @@ def run(
         raise ValueError(f"--figure must be a .png file, got {figure}")
     if step < 1 or grid < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError("--step, --grid and --max-frames must be >= 1")
-    stop = None if max_frames is None else max_frames * step
-    frames, indices, synth = load_clip(video, slice(0, stop, step), need_video=tracker_name == "gt")
+    if chain not in ("all", "sampled"):
+        raise ValueError(f"--chain must be 'all' or 'sampled', got {chain!r}")
+    dense = chain == "all" and tracker_name in ("dis", "lk") and step > 1
+    stop = None if max_frames is None else (max_frames - 1) * step + 1
+    frames, indices, synth = load_clip(video, slice(0, stop, 1 if dense else step), need_video=tracker_name == "gt")
     cfg = dict(tracker_cfg or {})
     if tracker_name == "gt":
         cfg.update(video=synth, indices=indices)
@@ -131,6 +140,9 @@ def run(
     start = time.perf_counter()
     tracks, visible = tracker(frames, queries)
     seconds = time.perf_counter() - start
+    speed = tracks.shape[0] * tracks.shape[1] / max(seconds, 1e-9)  # point·frames actually tracked
+    if dense:
+        frames, tracks, visible = frames[::step], tracks[::step], visible[::step]
     save_tracks(out, tracks, visible)
     if figure is not None:
         draw_tracks(figure, frames, tracks, visible)
@@ -139,7 +151,7 @@ def run(
         "points": int(tracks.shape[1]),
         "visible": float(visible.mean()),
         "seconds": seconds,
-        "point_frames_per_s": tracks.shape[0] * tracks.shape[1] / max(seconds, 1e-9),
+        "point_frames_per_s": speed,
     }
 
 
@@ -152,6 +164,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output track file (.npz: tracks (T,N,2), visible (T,N))."),
         figure: Path | None = typer.Option(None, "--figure", help="Also draw the tracks to this PNG."),
         step: int = typer.Option(1, "--step", help="Use every STEP-th frame."),
+        chain: str = typer.Option("all", "--chain", help="dis/lk with --step: chain over all raw frames or sampled."),
         max_frames: int | None = typer.Option(None, "--max-frames", help="Use at most this many frames."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Local CoTracker checkpoint (cotracker)."),
         preset: str = typer.Option("medium", "--dis-preset", help="DIS preset: ultrafast | fast | medium."),
@@ -163,7 +176,7 @@ def register(app: typer.Typer) -> None:
         elif tracker == "dis":
             cfg["preset"] = preset
         try:
-            summary = run(video, tracker, grid, out, figure, step, max_frames, cfg)
+            summary = run(video, tracker, grid, out, figure, step, max_frames, cfg, chain)
         except (ValueError, FileNotFoundError, ImportError, VideoReadError) as err:
             typer.echo(f"Error: {err}", err=True)
             raise typer.Exit(code=2) from None
