@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from motionrep.config import MethodConfig
+from motionrep.config import ConfigError, MethodConfig
 from motionrep.methods.base import Method, register_method
 from motionrep.methods.mosic_core import (
     ASSIGNMENTS,
@@ -230,7 +230,12 @@ class MoSiC(Method):
         mc: MoSiCConfig = cfg.method
         self.method_cfg = mc
         encoder = build_vit(cfg.model.name, **cfg.model.overrides())
-        self.init_source = load_encoder_weights(encoder, mc.init) if mc.init else "random"
+        self.init_source = "random"
+        if mc.init:
+            try:
+                self.init_source = load_encoder_weights(encoder, mc.init)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"method.init: {e}") from None
         self.encoder = encoder
         self.trainable_ids = trainable_block_ids(len(encoder.blocks), mc)
         if self.trainable_ids is not None:
