@@ -98,7 +98,9 @@ def test_last_layer_frozen_for_the_first_steps_and_ema_pairs():
         (method.dino.head, method.dino.teacher_head),
     ]
     for student, teacher in pairs:
-        assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values(), strict=True)
+        )
         assert not any(p.requires_grad for p in teacher.parameters())
     assert max(b.drop_path.p for b in method.teacher_encoder.blocks) == 0.0
     assert max(b.drop_path.p for b in method.encoder.blocks) == pytest.approx(0.1)
