@@ -87,6 +87,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "opencv": cv2.__version__,
             "platform": platform.platform(),
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the shared machine skews timings
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cotracker")},
         "results": {
