@@ -201,10 +201,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     run_dir = Path(run_dir)
     info = dist.init_distributed(cfg.train.device)
     world, rank, device = info.world_size, info.rank, info.device
-    ckpts = _prepare_run_dir(cfg, run_dir, resume)
-
     seed_everything(cfg.train.seed)
     dataset = build_dataset(cfg)
+    ckpts = _prepare_run_dir(cfg, run_dir, resume)
     loader = build_loader_for(cfg, dataset, world)
     sched = Schedules(cfg, total_steps(cfg, len(loader)))
     method = build_method(cfg, device)
