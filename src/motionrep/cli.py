@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # One entry per command module; each defines ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES = ["info", "track", "pretrain"]
+COMMAND_MODULES = ["info", "track", "pretrain", "synth", "demo"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"motionrep.commands.{_name}").register(app)
