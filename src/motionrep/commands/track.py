@@ -132,6 +132,8 @@ def run(
     stop = None if max_frames is None else (max_frames - 1) * step + 1
     frames, indices, synth = load_clip(video, slice(0, stop, 1 if dense else step), need_video=tracker_name == "gt")
     cfg = dict(tracker_cfg or {})
+    if tracker_name in ("dis", "lk"):
+        cfg["progress"] = True
     if tracker_name == "gt":
         cfg.update(video=synth, indices=indices)
     tracker = get_tracker(tracker_name, **cfg)

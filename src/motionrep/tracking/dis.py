@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from motionrep.ops.points import inside, pixel_to_grid
 from motionrep.tracking.base import check_inputs, finish
@@ -46,12 +47,15 @@ class DISTracker:
 
     name = "dis"
 
-    def __init__(self, preset: str = "medium", alpha1: float = 0.01, alpha2: float = 0.5) -> None:
+    def __init__(
+        self, preset: str = "medium", alpha1: float = 0.01, alpha2: float = 0.5, progress: bool = False
+    ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose one of {', '.join(PRESETS)}")
         if alpha1 < 0 or alpha2 < 0:
             raise ValueError(f"alpha1 and alpha2 must be >= 0, got {alpha1}, {alpha2}")
         self.preset, self.alpha1, self.alpha2 = preset, float(alpha1), float(alpha2)
+        self.progress = progress  # a progress bar per clip (on a TTY); not part of the config
 
     @property
     def config(self) -> dict[str, Any]:
@@ -69,7 +73,7 @@ class DISTracker:
         tracks = np.empty((t, len(queries), 2), dtype=np.float32)
         visible = np.ones((t, len(queries)), dtype=bool)
         tracks[0] = queries
-        for k in range(t - 1):
+        for k in tqdm(range(t - 1), desc=self.name, unit="frame", disable=None if self.progress else True):
             p = tracks[k]
             fwd = sample_field(self.flow(gray[k], gray[k + 1]), p)
             q = p + fwd

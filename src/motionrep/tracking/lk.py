@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from motionrep.ops.points import inside
 from motionrep.tracking.base import check_inputs, finish
@@ -22,12 +23,20 @@ class LKTracker:
 
     name = "lk"
 
-    def __init__(self, window: int = 21, levels: int = 3, fb_threshold: float = 1.0, iterations: int = 30) -> None:
+    def __init__(
+        self,
+        window: int = 21,
+        levels: int = 3,
+        fb_threshold: float = 1.0,
+        iterations: int = 30,
+        progress: bool = False,
+    ) -> None:
         if window < 3 or window % 2 == 0:
             raise ValueError(f"window must be an odd size >= 3, got {window}")
         if levels < 1 or iterations < 1 or not fb_threshold > 0:
             raise ValueError("levels and iterations must be >= 1 and fb_threshold > 0")
         self.window, self.levels, self.fb_threshold, self.iterations = window, levels, float(fb_threshold), iterations
+        self.progress = progress  # a progress bar per clip (on a TTY); not part of the config
 
     @property
     def config(self) -> dict[str, Any]:
@@ -57,7 +66,7 @@ class LKTracker:
         tracks = np.empty((t, len(queries), 2), dtype=np.float32)
         visible = np.ones((t, len(queries)), dtype=bool)
         tracks[0] = queries
-        for k in range(t - 1):
+        for k in tqdm(range(t - 1), desc=self.name, unit="frame", disable=None if self.progress else True):
             p = tracks[k]
             if len(p) == 0:
                 tracks[k + 1] = p
