@@ -11,8 +11,6 @@ import typer
 
 from motionrep.data.sources import VIDEO_EXTENSIONS, FrameFolderSource, PyAVSource, VideoReadError
 
-TRACKER_NAMES = ("dis", "lk", "gt", "cotracker")
-
 
 def synth_video(path: Path) -> Any | None:
     """The synthetic-world video behind ``DIR/<split>/frames/<name>`` or ``DIR/<split>/videos/<name>.mp4``, if any."""
@@ -34,10 +32,10 @@ def synth_video(path: Path) -> Any | None:
 
 def load_clip(path: Path, frames: slice, need_video: bool) -> tuple[np.ndarray, np.ndarray, Any | None]:
     """Frames (T, H, W, 3) uint8 of ``path`` (video file, frame folder or synthetic-world video) selected by the
-    slice ``frames``, their indices, and the synthetic video behind ``path`` (or None)."""
+    slice ``frames``, their indices, and (when ``need_video``) the synthetic video behind ``path``."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such video or folder")
-    video = synth_video(path.resolve())
+    video = synth_video(path.resolve()) if need_video else None
     if need_video and video is None:
         raise ValueError(
             f"{path}: the gt tracker needs a video of a `motionrep synth` folder "
@@ -116,10 +114,10 @@ def run(
     ``chain="all"`` lets the flow trackers (dis, lk) step over every raw frame in between and keeps every ``step``-th
     row (more robust to large displacements); ``"sampled"`` tracks the sampled frames directly.
     """
-    from motionrep.tracking.base import get_tracker, grid_queries, save_tracks
+    from motionrep.tracking.base import TRACKERS, get_tracker, grid_queries, save_tracks
 
-    if tracker_name not in TRACKER_NAMES:
-        raise ValueError(f"unknown tracker {tracker_name!r}; choose one of {', '.join(TRACKER_NAMES)}")
+    if tracker_name not in TRACKERS:
+        raise ValueError(f"unknown tracker {tracker_name!r}; choose one of {', '.join(TRACKERS)}")
     if out.suffix != ".npz":
         raise ValueError(f"--out must be an .npz file, got {out}")
     if figure is not None and figure.suffix.lower() != ".png":
