@@ -65,19 +65,20 @@ def load_clip(path: Path, frames: slice, need_video: bool) -> tuple[np.ndarray, 
 
 def draw_tracks(path: Path, frames: np.ndarray, tracks: np.ndarray, visible: np.ndarray) -> None:
     """Tracks over the first frame (whole trajectories) and the last frame (final positions); visible parts solid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
 
     t, n = visible.shape
-    colours = plt.get_cmap("hsv")(np.linspace(0, 1, n, endpoint=False))
+    colours = colormaps["hsv"](np.linspace(0, 1, n, endpoint=False))
     segments = np.stack([tracks[:-1], tracks[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)  # point-major
     seg_colours = np.repeat(colours, t - 1, axis=0)
     seg_colours[:, 3] = np.where(visible[1:].T.reshape(-1), 1.0, 0.15)
     h, w = frames.shape[1:3]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5 * h / w + 0.6))
+    fig = Figure(figsize=(10, 5 * h / w + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, frame, title in zip(axes, (frames[0], frames[-1]), ("first frame", "last frame"), strict=True):
         ax.imshow(frame, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
         ax.set_title(title)
@@ -94,7 +95,6 @@ def draw_tracks(path: Path, frames: np.ndarray, tracks: np.ndarray, visible: np.
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def run(
