@@ -61,6 +61,9 @@ class MidwayDynamicsConfig:
     use_cls_token: bool = True
     mlp_ratio: float = 4.0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending key for any inconsistent setting."""
         choices = {
