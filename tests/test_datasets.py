@@ -14,6 +14,7 @@ from motionrep.data.batch import ClipBatch, PairBatch
 from motionrep.data.catalog import DatasetLayoutError, synthetic, video_folder
 from motionrep.data.datasets import ClipDataset, PairDataset
 from motionrep.data.loader import ResumableSampler, build_loader
+from motionrep.data.photometric import PhotometricConfig
 from motionrep.data.sampling import ClipSampler, PairSampler
 from motionrep.data.sources import write_video
 from motionrep.data.views import ClipViewsConfig, PairViewsConfig, transform_from_tensor
@@ -113,6 +114,28 @@ def test_photometric_changes_each_image():
     assert torch.equal(plain.motion_tf, jittered.motion_tf)  # same geometry from the same seed
     diff = (plain.globals - jittered.globals).abs().flatten(3).mean(-1)
     assert (diff.amax(-1) > 1e-3).float().mean() > 0.5
+
+
+def test_photometric_routing_transform_1_and_2():
+    """With colour and blur neutralised only transform 2's solarize remains: it may touch motion crops of frame
+    t + gap and second global crops, never the crops that get transform 1."""
+    neutral = PhotometricConfig(jitter_p=0.0, grayscale_p=0.0, blur_sigma=(1e-3, 1e-3))
+    catalog, sampler = synthetic(World(8)), PairSampler((1, 3), repeats=4)
+    ds = PairDataset(catalog, sampler, VIEWS, photometric=neutral)
+    plain = PairDataset(catalog, sampler, PairViewsConfig(**{**VIEWS.__dict__, "photometric": False}))
+    solarized = 0
+    for index in range(8):
+        a, b = ds[(0, index)], plain[(0, index)]
+        for got, ref in [(a.motion[:, 0], b.motion[:, 0]), (a.globals[:, :, 0], b.globals[:, :, 0])]:
+            assert torch.allclose(got, ref, atol=1e-5)
+        for got, ref in [(a.motion[:, 1], b.motion[:, 1]), (a.globals[:, :, 1], b.globals[:, :, 1])]:
+            images, refs = got.flatten(0, -4), ref.flatten(0, -4)
+            solar = torch.where(refs >= 0.5, 1 - refs, refs)
+            same = (images - refs).abs().amax((1, 2, 3)) < 1e-5
+            flipped = (images - solar).abs().amax((1, 2, 3)) < 1e-5
+            assert (same | flipped).all()
+            solarized += int((~same).sum())
+    assert 0 < solarized < 8 * 4 * 3 * 0.5
 
 
 def test_clip_tracks_follow_the_content():

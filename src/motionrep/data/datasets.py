@@ -172,14 +172,20 @@ class PairDataset(VideoDataset[PairBatch]):
         and every second global crop, the local transform on local crops; independent draws per image."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            motion = torch.stack([self.t1(motion[:, 0]), self.t2(motion[:, 1])], dim=1)
-            per_crop = [
-                tf(globals_[:, :, c].flatten(0, 1)).view_as(globals_[:, :, c])
-                for c, tf in enumerate((self.t1, self.t2))
+            out = [
+                _apply(tf, [motion[:, c], globals_[:, :, c].flatten(0, 1)]) for c, tf in enumerate((self.t1, self.t2))
             ]
-            globals_ = torch.stack(per_crop, dim=2)
+            motion = torch.stack([out[0][0], out[1][0]], dim=1)
+            globals_ = torch.stack([out[0][1], out[1][1]], dim=1).unflatten(0, globals_.shape[:2])
             locals_ = self.tl(locals_.flatten(0, 2)).view(locals_.shape)
         return motion, globals_, locals_
+
+
+def _apply(transform: torch.nn.Module, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``transform`` on each image batch of ``parts``, in one call when their image sizes agree."""
+    if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+        return [transform(p) for p in parts]
+    return list(transform(torch.cat(parts)).split([len(p) for p in parts]))
 
 
 class ClipDataset(VideoDataset[ClipBatch]):
