@@ -138,6 +138,16 @@ def test_photometric_routing_transform_1_and_2():
     assert 0 < solarized < 8 * 4 * 3 * 0.5
 
 
+def test_per_frame_pairs_visit_every_source_frame_once():
+    ds = PairDataset(synthetic(World(3)), PairSampler((2, 4)), VIEWS, per_frame=True)
+    assert len(ds) == 3 * (T - 2)
+    firsts = [ds[(0, i)].frames[0].tolist() + [ds[(0, i)].video.item()] for i in range(0, len(ds), 5)]
+    assert [(f[2], f[0]) for f in firsts] == [(i // (T - 2), i % (T - 2)) for i in range(0, len(ds), 5)]
+    assert all(2 <= f[1] - f[0] <= 4 and f[1] < T for f in firsts)
+    with pytest.raises(ValueError, match="repeats=1"):
+        PairDataset(synthetic(World(3)), PairSampler((2, 4), repeats=2), VIEWS, per_frame=True)
+
+
 def test_clip_tracks_follow_the_content():
     ds = ClipDataset(synthetic(World()), ClipSampler(6, 2), ClipViewsConfig(resize=40, size=32, grid=4), seed=3)
     flips = []

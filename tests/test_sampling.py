@@ -58,3 +58,12 @@ def test_invalid_sampler_settings():
         PairSampler(repeats=0)
     with pytest.raises(ValueError):
         ClipSampler(num_frames=0)
+
+
+def test_pair_from_a_given_source_frame():
+    sampler = PairSampler(gap=(15, 30))
+    rng = np.random.default_rng(0)
+    pairs = np.concatenate([sampler.sample_at(100, 80, rng) for _ in range(200)])
+    assert (pairs[:, 0] == 80).all() and pairs[:, 1].min() == 95 and pairs[:, 1].max() == 99
+    with pytest.raises(VideoTooShortError):
+        sampler.sample_at(100, 85, rng)

@@ -84,28 +84,33 @@ class VideoDataset(Dataset, Generic[T]):
     def __len__(self) -> int:
         return len(self.catalog)
 
+    def _locate(self, index: int) -> tuple[int, int | None]:
+        """The video of item ``index`` and, for per-frame datasets, its source frame."""
+        return index, None
+
     def __getitem__(self, key: int | tuple[int, int]) -> T:
         epoch, index = (0, key) if isinstance(key, int | np.integer) else key
         rng = np.random.default_rng([self.seed, epoch, index])
-        video, skipped = int(index), []
+        item_index, skipped = int(index), []
         for _ in range(self.max_retries):
+            video, start = self._locate(item_index)
             entry = self.catalog[video]
             if entry.describe() not in self.bad_videos:
                 try:
                     with entry.open(self.decode_threads) as source:
-                        item = self._make(source, video, rng)
+                        item = self._make(source, video, rng, start)
                     item.skipped = tuple(skipped)
                     return item
                 except _SKIPPABLE as err:
                     self._mark_bad(entry, err)
             skipped.append(entry.describe())
-            video = int(rng.integers(len(self.catalog)))
+            item_index = int(rng.integers(len(self)))
         raise RuntimeError(
             f"{self.max_retries} videos in a row were unusable while building item {index} of {self.catalog.name} "
             f"under {self.catalog.root} ({', '.join(skipped[-3:])}, ...); check the dataset ({self.catalog.layout})"
         )
 
-    def _make(self, source: VideoSource, video: int, rng: np.random.Generator) -> T:
+    def _make(self, source: VideoSource, video: int, rng: np.random.Generator, start: int | None) -> T:
         raise NotImplementedError
 
     def collate(self, items: list[T]) -> T:
@@ -117,7 +122,11 @@ def _torch_seed(rng: np.random.Generator) -> int:
 
 
 class PairDataset(VideoDataset[PairBatch]):
-    """Midway/DINO frame pairs: ``sampler.repeats`` pairs per video visit with the views of ``views``."""
+    """Midway/DINO frame pairs: ``sampler.repeats`` pairs per video visit with the views of ``views``.
+
+    ``per_frame=True`` makes every frame that can start a pair one item (official Walking Tours loader: each frame is
+    a source once per epoch, target ``gap`` frames later); it reads every video's length at construction.
+    """
 
     batch_type = PairBatch
 
@@ -130,15 +139,45 @@ class PairDataset(VideoDataset[PairBatch]):
         photometric: PhotometricConfig = PhotometricConfig(),
         max_retries: int = 10,
         decode_threads: int = 1,
+        per_frame: bool = False,
     ) -> None:
         self.sampler = sampler
         self.views = views
         self.samples_per_item = sampler.repeats
         self.t1, self.t2, self.tl = (f(photometric) for f in (global_transform_1, global_transform_2, local_transform))
         super().__init__(catalog, seed, max_retries, decode_threads, sampler.min_frames())
+        self._starts: np.ndarray | None = None
+        if per_frame:
+            if sampler.repeats != 1:
+                raise ValueError("per-frame pair sampling draws one pair per source frame: use repeats=1")
+            self._starts = np.cumsum([max(n - sampler.gap[0], 0) for n in self._frame_counts()])
 
-    def _make(self, source: VideoSource, video: int, rng: np.random.Generator) -> PairBatch:
-        pairs = self.sampler.sample(source.num_frames, rng)
+    def _frame_counts(self) -> list[int]:
+        """Frames of every video (0 for unreadable ones, which are marked bad)."""
+        counts = []
+        for entry in self.catalog:
+            try:
+                with entry.open(self.decode_threads) as source:
+                    counts.append(source.num_frames)
+            except VideoReadError as err:
+                self._mark_bad(entry, err)
+                counts.append(0)
+        return counts
+
+    def __len__(self) -> int:
+        return len(self.catalog) if self._starts is None else int(self._starts[-1])
+
+    def _locate(self, index: int) -> tuple[int, int | None]:
+        if self._starts is None:
+            return index, None
+        video = int(np.searchsorted(self._starts, index, side="right"))
+        return video, index - (int(self._starts[video - 1]) if video else 0)
+
+    def _make(self, source: VideoSource, video: int, rng: np.random.Generator, start: int | None) -> PairBatch:
+        if start is None:
+            pairs = self.sampler.sample(source.num_frames, rng)
+        else:
+            pairs = self.sampler.sample_at(source.num_frames, start, rng)
         frames = torch.from_numpy(source.read(pairs.reshape(-1))).permute(0, 3, 1, 2)
         frame_wh = (frames.shape[-1], frames.shape[-2])
         mode = self.views.interpolation
@@ -222,7 +261,7 @@ class ClipDataset(VideoDataset[ClipBatch]):
             return source.track(indices, queries)
         return self.tracker(frames, queries)
 
-    def _make(self, source: VideoSource, video: int, rng: np.random.Generator) -> ClipBatch:
+    def _make(self, source: VideoSource, video: int, rng: np.random.Generator, start: int | None) -> ClipBatch:
         indices = self.sampler.sample(source.num_frames, rng)
         frames = source.read(indices)
         view = sample_clip_view(rng, (frames.shape[2], frames.shape[1]), self.views)

@@ -46,6 +46,14 @@ class PairSampler:
         gap = rng.integers(lo, hi + 1, size=self.repeats)
         return np.stack([start, start + gap], axis=1)
 
+    def sample_at(self, num_frames: int, start: int, rng: np.random.Generator) -> np.ndarray:
+        """One pair from a given source frame (Walking Tours: every frame is a source once per epoch), shape (1, 2);
+        the gap is uniform in ``[gap[0], min(gap[1], L - 1 - start)]``."""
+        hi = min(self.gap[1], num_frames - 1 - start)
+        if hi < self.gap[0] or start < 0:
+            raise VideoTooShortError(f"frame {start} of {num_frames} cannot start a pair with gap >= {self.gap[0]}")
+        return np.array([[start, start + rng.integers(self.gap[0], hi + 1)]])
+
 
 @dataclass(frozen=True)
 class ClipSampler:
