@@ -1,8 +1,10 @@
 import sys
+import types
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from motionrep.data.synth import SynthConfig, SynthWorld
 from motionrep.ops.points import ViewTransform
@@ -202,3 +204,34 @@ def test_transform_tracks_through_points_module():
     out, vis, in_crop = transform_tracks(tracks, np.ones((1, 2), bool), view, (32, 32))
     np.testing.assert_allclose(out[0], [[53.0, 5.0], [3.0, 30.0]])
     assert in_crop.tolist() == [[False, True]] and vis.tolist() == [[False, True]]
+
+
+def test_cotracker_adapter_scaling_with_a_stand_in_model(tmp_path, monkeypatch):
+    """The adapter's own logic (resize, query scaling, threshold, frame 0) with a fake co-tracker package."""
+
+    class FakeModel(torch.nn.Module):
+        def forward(self, video, queries, iters):
+            self.seen = (tuple(video.shape), queries.clone(), iters)
+            b, t = video.shape[:2]
+            coords = queries[:, None, :, 1:].repeat(1, t, 1, 1) + torch.tensor([5.11, 0.0])  # +5.11 model px in x
+            vis = torch.tensor([0.95, 0.85]).repeat(b, t, queries.shape[1] // 2)
+            return coords, vis, torch.ones_like(vis), None
+
+    model = FakeModel()
+    build = types.ModuleType("cotracker.models.build_cotracker")
+    build.build_cotracker = lambda path, offline, window_len, v2: model
+    for name in ("cotracker", "cotracker.models"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "cotracker.models.build_cotracker", build)
+    ckpt = tmp_path / "scaled_offline.pth"
+    ckpt.write_bytes(b"")
+    tracker = get_tracker("cotracker", checkpoint=ckpt, device="cpu")
+    frames = np.zeros((3, 48, 64, 3), np.uint8)
+    queries = np.array([[0.0, 0.0], [63.0, 47.0], [10.0, 20.0], [31.5, 23.5]], np.float32)
+    tracks, visible = tracker(frames, queries)
+    shape, seen_queries, iters = model.seen
+    assert shape == (1, 3, 3, 384, 512) and iters == 6
+    np.testing.assert_allclose(seen_queries[0, :, 1:].numpy(), queries * [511 / 63, 383 / 47], rtol=1e-6)
+    np.testing.assert_allclose(tracks[1:], np.broadcast_to(queries + [5.11 * 63 / 511, 0], (2, 4, 2)), rtol=1e-5)
+    assert np.array_equal(tracks[0], queries) and visible[0].all()
+    assert visible[1:].tolist() == [[True, False, True, False]] * 2  # sigmoid(visibility) > 0.9
