@@ -185,6 +185,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> CheckpointDir:
                 raise RunDirError(f"--resume: the config differs from {saved} in: {', '.join(diff)}")
     elif saved.exists() or ckpts.last.exists():
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    dist.barrier()  # every rank has checked before rank 0 writes
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, saved)
