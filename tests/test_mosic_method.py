@@ -11,7 +11,7 @@ import motionrep.methods.mosic as mosic
 from motionrep.cli import app
 from motionrep.config import Config, ModelConfig, load_config
 from motionrep.methods.mosic import MoSiC, MoSiCConfig, load_encoder_weights
-from motionrep.models.vit import build_vit
+from motionrep.models.vit import build_vit, resample_pos_embed
 from motionrep.ops.ema import ema_update
 from motionrep.ops.points import grid_points
 from motionrep.train.checkpoint import load_checkpoint
@@ -257,7 +257,8 @@ def test_init_from_official_layout_and_motionrep_checkpoint(tmp_path):
     torch.save(official, tmp_path / "dino.pth")
     model = make(init=str(tmp_path / "dino.pth"))
     assert torch.equal(model.encoder.blocks[2].mlp.fc1.weight, source.blocks[2].mlp.fc1.weight)
-    assert model.encoder.pos_embed.shape == (1, 1 + S * S, 64)
+    resampled = resample_pos_embed(source.pos_embed.detach(), (8, 8), (S, S), antialias=True)
+    assert torch.allclose(model.encoder.pos_embed, resampled)
     assert torch.equal(model.teacher.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -266,6 +267,18 @@ def test_init_from_official_layout_and_motionrep_checkpoint(tmp_path):
     again = make(init=str(run))
     assert torch.equal(again.encoder.pos_embed, model.encoder.pos_embed)
     assert again.init_source.startswith("motionrep checkpoint")
+
+
+def test_init_from_dinov2_training_block_chunks(tmp_path):
+    source = build_vit("vit-micro")
+    chunked = {
+        f"backbone.{k.replace('blocks.', 'blocks.0.', 1) if k.startswith('blocks.') else k}": v
+        for k, v in source.state_dict().items()
+    }
+    torch.save({"model": chunked}, tmp_path / "dinov2_train.pth")
+    encoder = build_vit("vit-micro")
+    assert load_encoder_weights(encoder, tmp_path / "dinov2_train.pth").startswith("official state dict")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in encoder.state_dict().items())
 
 
 def test_init_reports_missing_and_unexpected_keys_by_name(tmp_path):

@@ -9,6 +9,7 @@ prototypes train.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 SAMPLING_MODES = ("token", "bilinear")
 TRACKER_NAMES = ("ground_truth", "gt", "dis", "lk", "cotracker")
+_BLOCK_CHUNK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 
 
 @dataclass
@@ -138,13 +140,14 @@ def _encoder_state(obj: Any, source: Path) -> tuple[dict[str, torch.Tensor], str
         if not state:
             raise ValueError(f"{source}: the motionrep checkpoint holds no 'encoder.*' weights")
         return state, "motionrep checkpoint"
-    for wrapper in ("teacher", "model", "state_dict"):  # official training checkpoints wrap the weights
+    for wrapper in ("teacher", "student", "model", "state_dict"):  # official training checkpoints wrap the weights
         if isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
             break
     state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if any(k.startswith("backbone.") for k in state):  # DINO: backbone.* next to head.*
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    state = {_BLOCK_CHUNK.sub(r"blocks.\1.", k): v for k, v in state.items()}  # DINOv2 training block chunks
     return state, "official state dict"
 
 
@@ -152,9 +155,11 @@ def load_encoder_weights(encoder: VisionTransformer, path: str | Path) -> str:
     """Load pretrained encoder weights into ``encoder`` with strict key checks; returns a description of the source.
 
     ``path``: a motionrep run directory (``checkpoints/last.pt``) or checkpoint file (its student ``encoder.*``), or
-    an official DINO / DINOv2 state dict (``.pth`` or ``.safetensors``, optionally wrapped in ``teacher`` / ``model``
-    / ``state_dict``, ``module.`` and ``backbone.`` prefixes stripped). The position embedding is resampled to the
-    encoder's native grid. Missing, unexpected or mis-shaped keys raise a ``ValueError`` naming them.
+    an official DINO / DINOv2 state dict (``.pth`` or ``.safetensors``; inside ``teacher`` / ``student`` / ``model``
+    / ``state_dict`` when wrapped; ``module.`` and ``backbone.`` prefixes stripped; DINOv2 block chunks renamed; see
+    ``docs/models.md``). A position embedding of another square grid is resampled once to the encoder's native grid
+    (bicubic with antialiasing, as timm does for MoSiC's backbones). Missing, unexpected or mis-shaped keys raise a
+    ``ValueError`` naming them.
     """
     source = Path(path)
     if source.is_dir():
@@ -177,7 +182,7 @@ def load_encoder_weights(encoder: VisionTransformer, path: str | Path) -> str:
     if pos is not None and pos.shape != expected["pos_embed"].shape and pos.dim() == 3:
         side = math.isqrt(pos.shape[1] - 1)
         if side * side + 1 == pos.shape[1]:
-            state["pos_embed"] = resample_pos_embed(pos, (side, side), encoder.pos_grid)
+            state["pos_embed"] = resample_pos_embed(pos, (side, side), encoder.pos_grid, antialias=True)
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     shapes = sorted(

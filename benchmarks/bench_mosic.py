@@ -1,0 +1,99 @@
+"""MoSiC training-step throughput on this machine (CPU by default) for a preset, per method variant.
+
+One optimiser step = forward (student + teacher + Sinkhorn + loss), backward, AdamW, EMA update, on one fixed batch
+of ``train.batch_size`` clips from the preset's own dataset (data loading is timed separately, once per clip).
+Weights are random (``method.init`` is ignored): the cost does not depend on them.
+
+    python benchmarks/bench_mosic.py --config mosic-synth-tiny --threads 2 --steps 10 --out bench_mosic.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from motionrep.config import load_config
+from motionrep.methods.mosic import MoSiC
+from motionrep.ops.ema import ema_update
+from motionrep.train.optim import apply_schedules, build_optimizer
+
+VARIANTS: dict[str, list[str]] = {
+    "default (per_frame_joint, student on frame 0)": [],
+    "symmetric (student on all frames)": ["method.symmetric=true"],
+    "propagate_frame0 (student all frames, teacher frame 0)": ["method.assignment=propagate_frame0"],
+    "no masking": ["method.mask_ratio=0.0"],
+    "bilinear sampling (both branches)": ["method.sampling.student=bilinear", "method.sampling.teacher=bilinear"],
+}
+
+
+def time_steps(method: MoSiC, batch, steps: int, warmup: int, momentum: float) -> list[float]:
+    """Wall-clock seconds of each timed optimiser step (after ``warmup`` untimed steps)."""
+    optimizer = build_optimizer(method.param_groups(), (0.9, 0.999))
+    apply_schedules(optimizer, 1e-4, 0.01)
+    method.train()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = method.training_step(batch, i)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for student, teacher in method.ema_pairs():
+            ema_update(student, teacher, momentum)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="mosic-synth-tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="names of VARIANTS to run")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    base = load_config(args.config, ["method.init=null"])
+    dataset = MoSiC.build_dataset(base)
+    start = time.perf_counter()
+    batch = dataset.collate([dataset[i % len(dataset)] for i in range(base.train.batch_size)])
+    data_s = (time.perf_counter() - start) / base.train.batch_size
+
+    results = {
+        "config": args.config,
+        "threads": args.threads,
+        "device": "cpu",
+        "batch_clips": base.train.batch_size,
+        "clip_frames": base.data.clip_frames,
+        "tracks_per_clip": base.method.grid_size**2,
+        "data_ms_per_clip": round(1000 * data_s, 2),
+        "variants": {},
+    }
+    for name in args.variants:
+        cfg = load_config(args.config, ["method.init=null", *VARIANTS[name]])
+        torch.manual_seed(0)
+        method = MoSiC(cfg)
+        times = time_steps(method, batch, args.steps, args.warmup, cfg.ema.momentum)
+        median = statistics.median(times)
+        results["variants"][name] = {
+            "s_per_step_median": round(median, 4),
+            "s_per_step_min": round(min(times), 4),
+            "clips_per_s": round(cfg.train.batch_size / median, 2),
+        }
+        print(f"{name:58s} {median:.3f} s/step  {cfg.train.batch_size / median:6.1f} clips/s", flush=True)
+    print(json.dumps(results, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
