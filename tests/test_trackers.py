@@ -7,14 +7,12 @@ import pytest
 import torch
 
 from motionrep.data.synth import SynthConfig, SynthWorld
-from motionrep.ops.points import ViewTransform
 from motionrep.tracking.base import (
     Tracker,
     get_tracker,
     grid_queries,
     load_tracks,
     save_tracks,
-    transform_tracks,
 )
 from motionrep.tracking.dis import fb_consistent, sample_field
 from motionrep.tracking.ground_truth import GroundTruthTracker
@@ -196,14 +194,6 @@ def test_track_file_round_trip_and_errors(tmp_path):
         load_tracks(tmp_path / "d.npz")
     with pytest.raises(FileNotFoundError):
         load_tracks(tmp_path / "none.npz")
-
-
-def test_transform_tracks_through_points_module():
-    tracks = np.array([[[10.0, 5.0], [60.0, 30.0]]], np.float32)
-    view = ViewTransform.hflip(64).then(ViewTransform.crop((0, 0, 32, 32)))
-    out, vis, in_crop = transform_tracks(tracks, np.ones((1, 2), bool), view, (32, 32))
-    np.testing.assert_allclose(out[0], [[53.0, 5.0], [3.0, 30.0]])
-    assert in_crop.tolist() == [[False, True]] and vis.tolist() == [[False, True]]
 
 
 def test_cotracker_adapter_scaling_with_a_stand_in_model(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from motionrep.ops.points import ViewTransform, grid_points, inside
+from motionrep.ops.points import grid_points, inside
 
 
 @runtime_checkable
@@ -125,18 +125,6 @@ def grid_queries(n: int, width: int, height: int) -> np.ndarray:
     if n < 1:
         raise ValueError(f"grid size must be >= 1, got {n}")
     return grid_points(n, (width, height)).numpy()
-
-
-def transform_tracks(
-    tracks: np.ndarray, visible: np.ndarray, view: ViewTransform, out_wh: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map tracks into a view (crop / resize / flip) analytically: ``(tracks', visible', in_crop)``.
-
-    ``in_crop`` marks points inside the ``out_wh`` view; ``visible' = visible & in_crop``.
-    """
-    xy = view.apply(torch.from_numpy(np.asarray(tracks, dtype=np.float32)))
-    in_crop = inside(xy, out_wh).numpy()
-    return xy.numpy(), np.asarray(visible, dtype=bool) & in_crop, in_crop
 
 
 def finish(tracks: np.ndarray, visible: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
