@@ -8,7 +8,9 @@ from motionrep.config import (
     config_diff,
     list_presets,
     load_config,
+    parse_config,
     save_config,
+    to_yaml,
 )
 
 
@@ -77,7 +79,7 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "config.yaml"
     save_config(cfg, path)
     again = load_config(path)
-    assert again == cfg and config_diff(again, cfg) == []
+    assert again == cfg and config_diff(again, cfg) == [] and parse_config(to_yaml(cfg)) == cfg
     assert config_diff(load_config(path, ["train.seed=5", "method.out_dim=64"]), cfg) == [
         "method.out_dim",
         "train.seed",

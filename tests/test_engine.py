@@ -22,7 +22,15 @@ from motionrep.models.heads import DINOHead
 from motionrep.models.vit import build_vit
 from motionrep.ops.ema import make_teacher
 from motionrep.train.checkpoint import load_checkpoint
-from motionrep.train.engine import NonFiniteLossError, RunDirError, Schedules, micro_batch_size, total_steps, train
+from motionrep.train.engine import (
+    NonFiniteLossError,
+    RunDirError,
+    Schedules,
+    load_run,
+    micro_batch_size,
+    total_steps,
+    train,
+)
 from motionrep.train.logging import read_metrics
 from motionrep.train.optim import apply_schedules, build_optimizer, clip_grad_per_param, decay_groups
 
@@ -183,6 +191,9 @@ def test_train_writes_run_files(tmp_path):
     teacher = {k: v for k, v in state["method"].items() if k.startswith("teacher.")}
     student = {k.replace("encoder.", "teacher.", 1): v for k, v in state["method"].items() if k.startswith("encoder.")}
     assert teacher.keys() == student.keys() and any(not torch.equal(teacher[k], student[k]) for k in teacher)
+    loaded = load_run(tmp_path / "run")
+    assert isinstance(loaded, Toy) and not loaded.training
+    assert all(torch.equal(v, state["method"][k]) for k, v in loaded.state_dict().items())
     with pytest.raises(RunDirError, match="--resume"):
         train(cfg, tmp_path / "run")
     with pytest.raises(RunDirError, match="train.seed"):

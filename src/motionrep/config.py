@@ -188,19 +188,31 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
 
     Raises :class:`ConfigError` for an unknown preset, key, method or a wrongly typed value.
     """
-    from motionrep.methods import get_method
-
     path = _preset_path(name_or_path)
     try:
         raw = OmegaConf.load(path)
     except Exception as e:  # YAML syntax errors come in several exception types
         raise ConfigError(f"cannot read {path}: {e}") from None
+    return _resolve(raw, _parse_overrides(list(overrides)), str(path))
+
+
+def parse_config(text: str) -> Config:
+    """A :class:`Config` from YAML text (e.g. the ``config`` entry of a checkpoint)."""
+    try:
+        raw = OmegaConf.create(text)
+    except Exception as e:
+        raise ConfigError(f"cannot parse config text: {e}") from None
+    return _resolve(raw, OmegaConf.create(), "<config text>")
+
+
+def _resolve(raw: Any, dots: DictConfig, where: str) -> Config:
+    from motionrep.methods import get_method
+
     if not isinstance(raw, DictConfig):
-        raise ConfigError(f"{path} must hold a mapping of config sections")
-    dots = _parse_overrides(list(overrides))
+        raise ConfigError(f"{where} must hold a mapping of config sections")
     name = OmegaConf.select(dots, "method.name") or OmegaConf.select(raw, "method.name")
     if not name:
-        raise ConfigError(f"{path}: 'method.name' is not set")
+        raise ConfigError(f"{where}: 'method.name' is not set")
     method_cls = get_method(str(name))
     schema = OmegaConf.structured(Config(method=method_cls.Config()))
     try:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
-from motionrep.config import Config, ConfigError, config_diff, load_config, save_config, to_yaml
+from motionrep.config import Config, ConfigError, config_diff, load_config, parse_config, save_config, to_yaml
 from motionrep.methods import Method, get_method
 from motionrep.ops.ema import ema_update
 from motionrep.ops.schedules import cosine as cosine_schedule
@@ -116,6 +116,20 @@ def build_method(cfg: Config, device: torch.device | str = "cpu") -> Method:
     """The configured method on ``device`` (weights seeded by ``train.seed``)."""
     seed_everything(cfg.train.seed)
     return get_method(cfg.method.name)(cfg).to(device)
+
+
+def load_run(path: str | Path, device: torch.device | str = "cpu") -> Method:
+    """The trained method of a run directory (its ``checkpoints/last.pt``) or of one checkpoint file, in eval mode.
+
+    The config comes from the checkpoint itself; ``method.encoder`` is the student encoder.
+    """
+    path = Path(path)
+    ckpt = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    state = load_checkpoint(ckpt, map_location=device)
+    cfg = parse_config(state["config"])
+    method = get_method(cfg.method.name)(cfg)
+    method.load_state_dict(state["method"])
+    return method.to(device).eval()
 
 
 def build_dataset(cfg: Config) -> Any:
