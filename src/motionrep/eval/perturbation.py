@@ -11,6 +11,7 @@ paper) compare against ground-truth point positions: :func:`peak_hits` and :func
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,3 +259,122 @@ def plot_tracks(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def load_midway(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The ``midway`` method of a run directory (``config.yaml`` + ``checkpoints/last.pt``) or of one checkpoint
+    file (its embedded config), in eval mode. ``ValueError`` for anything without latent dynamics."""
+    import tempfile
+
+    from motionrep.config import load_config
+    from motionrep.train.checkpoint import load_checkpoint
+    from motionrep.train.engine import build_method
+
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.pt"
+        if not (path / "config.yaml").is_file() or not ckpt.is_file():
+            raise ValueError(f"{path}: not a run directory (expected config.yaml and checkpoints/last.pt)")
+        state = load_checkpoint(ckpt)
+        cfg = load_config(path / "config.yaml")
+    elif path.is_file():
+        state = load_checkpoint(path)
+        if "config" not in state or "method" not in state:
+            raise ValueError(f"{path}: not a motionrep training checkpoint (no 'config' / 'method' entries)")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(state["config"])
+            f.flush()
+            cfg = load_config(f.name)
+    else:
+        raise ValueError(f"{path}: no such run directory or checkpoint file")
+    if cfg.method.name != "midway" or not cfg.method.midway.latent_dynamics:
+        raise ValueError(f"{path}: the perturbation analysis needs a Midway run with latent dynamics")
+    method = build_method(cfg, "cpu")
+    method.load_state_dict(state["method"])
+    return method.to(device).eval()
+
+
+def _frames(video, size: int, device) -> tuple[torch.Tensor, object]:
+    """Float frames (T, 3, size, size) in [0, 1] and the transform of points from the video to them."""
+    from motionrep.data.views import resize
+    from motionrep.ops.points import ViewTransform
+
+    frames = torch.from_numpy(video.frames).permute(0, 3, 1, 2).float().div_(255.0)
+    wh = (frames.shape[-1], frames.shape[-2])
+    return resize(frames, (size, size), mode="bilinear").to(device), ViewTransform.resize(wh, (size, size))
+
+
+def analyze_synthetic(
+    method: nn.Module,
+    world,
+    cfg: PerturbConfig,
+    out_dir: Path,
+    gap: int = 1,
+    figures: int = 2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Heatmaps, peak scores and chained tracking on every clip of a synthetic ``world`` (frames ``0, gap, 2 gap``
+    ...) at the model's motion-crop size; writes figures for the first ``figures`` clips into ``out_dir`` and
+    returns the metrics (fractions in [0, 1], distances in tokens)."""
+    from tqdm.auto import tqdm
+
+    from motionrep.ops.points import inside
+
+    device = next(method.parameters()).device
+    size, patch = method.cfg.data.motion_size, method.encoder.patch_size
+    generator = torch.Generator().manual_seed(seed)
+    hits, tokens, tracks, visible = [], [], [], []
+    for v in tqdm(range(len(world)), desc="perturbation", unit="clip", disable=not sys.stderr.isatty()):
+        video = world[v]
+        times = list(range(0, len(video.frames), gap))
+        if len(times) < 2:
+            raise ValueError(f"clip {video.name} has {len(video.frames)} frames: too few for a gap of {gap}")
+        frames, tf = _frames(video, size, device)
+        frames = frames[times]
+        out = analyze_pairs(
+            method.encoder, method.teacher_encoder, method.dynamics, frames[:-1], frames[1:], cfg, generator
+        )
+        centres = token_centres(out.grid, patch)
+        query = tf.inverse().apply(centres).numpy()
+        # Per pair: where does the content under each source token centre go?
+        pair_xy, pair_ok = [], []
+        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+            xy, vis = video.track(query, t0=t0)
+            target = tf.apply(torch.from_numpy(xy[t1]))
+            pair_xy.append(target)
+            pair_ok.append(torch.from_numpy(vis[t0] & vis[t1]) & inside(target, (size, size)))
+        pair_xy, pair_ok = torch.stack(pair_xy), torch.stack(pair_ok)
+        hits.append(peak_hits(out.heatmaps.cpu(), pair_xy, pair_ok, patch, out.grid))
+        # Chained tracking of every token centre of the first frame.
+        xy, vis = video.track(query, t0=0)
+        gt = tf.apply(torch.from_numpy(xy[times]))
+        gt_vis = torch.from_numpy(vis[times]) & inside(gt, (size, size))
+        start = torch.arange(centres.shape[0])
+        chains = chain_tracks(out.heatmaps, out.source_features, out.target_features, start.to(device), cfg.top_k)
+        chains = {k: c.cpu() for k, c in chains.items()}
+        tokens.append(chains)
+        tracks.append(gt)
+        visible.append(gt_vis)
+        if v < figures:
+            moved = (pair_xy[0] - centres).norm(dim=-1).masked_fill(~pair_ok[0], -1.0)
+            chosen = moved.topk(min(4, int(pair_ok[0].sum().clamp(min=1)))).indices.tolist()
+            plot_heatmaps(frames[0].cpu(), frames[1].cpu(), out.heatmaps[0].cpu(), chosen, patch, out.grid,
+                          out_dir / f"heatmaps_{video.name}.png", pair_xy[0])  # fmt: skip
+            few = moved.topk(min(8, len(moved))).indices
+            plot_tracks(frames.cpu(), {k: c[:, few] for k, c in chains.items()}, gt[:, few], patch, out.grid,
+                        out_dir / f"tracks_{video.name}.png")  # fmt: skip
+    return _summarise(hits, tokens, tracks, visible, patch, out.grid)
+
+
+def _summarise(hits, tokens, tracks, visible, patch, grid) -> dict[str, float]:
+    valid = torch.cat([h["valid"].flatten() for h in hits])
+    if not valid.any():
+        raise ValueError("no source token has a visible ground-truth target; use more clips or a smaller gap")
+    metrics = {"pairs": float(sum(h["valid"].shape[0] for h in hits)), "tokens_scored": float(valid.sum())}
+    for key in ("within1", "exact", "identity"):
+        metrics[f"peak_{key}"] = torch.cat([h[key].flatten() for h in hits])[valid].float().mean().item()
+    gt, vis = torch.cat(tracks, dim=1), torch.cat(visible, dim=1)
+    for name in tokens[0]:
+        scores = tracking_scores(torch.cat([t[name] for t in tokens], dim=1), gt, vis, patch, grid)
+        metrics |= {f"track_{name}_{k}": v for k, v in scores.items()}
+    return metrics
