@@ -94,7 +94,7 @@ def test_per_frame_joint_targets_cover_all_frames(monkeypatch):
 def test_masking_shares_kept_tokens_across_frames_and_spares_the_teacher():
     model = make(mask_ratio=0.4, symmetric=True)  # symmetric: the student encodes every frame
     calls = {"student": [], "teacher": []}
-    for branch, encoder in (("student", model.encoder), ("teacher", model.teacher)):
+    for branch, encoder in (("student", model.encoder), ("teacher", model.teacher_encoder)):
         embed = encoder.embed
 
         def record(x, keep=None, mask=None, _embed=embed, _calls=calls[branch]):
@@ -156,7 +156,7 @@ def test_replicated_block_indices_and_all():
     assert blocks == {10, 11}  # gradients cross the frozen blocks 12-23
     everything = make(trainable_blocks="all")
     assert all(p.requires_grad for p in everything.encoder.parameters())
-    assert not any(p.requires_grad for p in everything.teacher.parameters())
+    assert not any(p.requires_grad for p in everything.teacher_encoder.parameters())
 
 
 def test_vit_s_trainable_backbone_and_head_sizes():
@@ -209,7 +209,7 @@ def test_without_ema_teacher_student_scores_and_double_epsilon(monkeypatch):
 
     monkeypatch.setattr(mosic, "ot_assignments", ot)
     model = make(ema_teacher=False)
-    assert model.ema_pairs() == [] and not hasattr(model, "teacher")
+    assert model.ema_pairs() == [] and not hasattr(model, "teacher_encoder")
     out = model.compute_losses(*clip(2, 3))
     assert seen == {"shape": (2, 3, S * S, 8), "epsilon": 0.1, "grad": False}
     out["loss"].backward()
@@ -259,14 +259,19 @@ def test_init_from_official_layout_and_motionrep_checkpoint(tmp_path):
     assert torch.equal(model.encoder.blocks[2].mlp.fc1.weight, source.blocks[2].mlp.fc1.weight)
     resampled = resample_pos_embed(source.pos_embed.detach(), (8, 8), (S, S), antialias=True)
     assert torch.allclose(model.encoder.pos_embed, resampled)
-    assert torch.equal(model.teacher.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
+    assert torch.equal(model.teacher_encoder.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    method_state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()} | {"head.x": torch.ones(1)}
-    torch.save({"step": 3, "method": method_state}, run / "checkpoints" / "last.pt")
-    again = make(init=str(run))
-    assert torch.equal(again.encoder.pos_embed, model.encoder.pos_embed)
-    assert again.init_source.startswith("motionrep checkpoint")
+    student = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    teacher = {f"teacher_encoder.{k}": v + 1.0 for k, v in model.encoder.state_dict().items()}
+    torch.save({"step": 3, "method": student | teacher | {"head.x": torch.ones(1)}}, run / "checkpoints" / "last.pt")
+    from_teacher = make(init=str(run))  # the teacher by default, as the evaluation suite scores it
+    assert torch.equal(from_teacher.encoder.pos_embed, model.encoder.pos_embed + 1.0)
+    assert from_teacher.init_source.startswith("motionrep checkpoint (teacher_encoder)")
+    from_student = make(init=str(run / "checkpoints" / "last.pt"), init_weights="student")
+    assert torch.equal(from_student.encoder.pos_embed, model.encoder.pos_embed)
+    torch.save({"step": 3, "method": student}, run / "checkpoints" / "last.pt")  # a method without EMA teacher
+    assert torch.equal(make(init=str(run)).encoder.pos_embed, model.encoder.pos_embed)
 
 
 def test_init_from_dinov2_training_block_chunks(tmp_path):

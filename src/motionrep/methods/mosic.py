@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from motionrep.data.datasets import ClipDataset
 
 SAMPLING_MODES = ("token", "bilinear")
+INIT_WEIGHTS = ("teacher", "student")
 TRACKER_NAMES = ("ground_truth", "gt", "dis", "lk", "cotracker")
 _BLOCK_CHUNK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 
@@ -81,6 +82,7 @@ class MoSiCConfig(MethodConfig):
 
     name: str = "mosic"
     init: str | None = None
+    init_weights: str = "teacher"  # which encoder of a training checkpoint: teacher (if any, else student) | student
     tracker: str = "ground_truth"  # ground_truth (synthetic world) | dis | lk | cotracker
     tracker_options: dict[str, Any] = field(default_factory=dict)  # keyword settings of the tracker
     views: ClipViewKeys = field(default_factory=ClipViewKeys)
@@ -114,6 +116,8 @@ class MoSiCConfig(MethodConfig):
             raise ValueError("method.symmetric applies to assignment 'per_frame_joint' only")
         if self.grid_size < 1 or self.num_prototypes < 2 or not self.head_dims or self.student_temp <= 0:
             raise ValueError("method needs grid_size >= 1, num_prototypes >= 2, non-empty head_dims, student_temp > 0")
+        if self.init_weights not in INIT_WEIGHTS:
+            raise ValueError(f"method.init_weights must be one of {INIT_WEIGHTS}, got {self.init_weights!r}")
         if self.tracker not in TRACKER_NAMES:
             raise ValueError(f"method.tracker must be one of {TRACKER_NAMES}, got {self.tracker!r}")
         v = self.views
@@ -131,16 +135,20 @@ class MoSiCConfig(MethodConfig):
             raise ValueError(f"method.trainable_blocks must be a positive integer or 'all', got {tb!r}")
 
 
-def _encoder_state(obj: Any, source: Path) -> tuple[dict[str, torch.Tensor], str]:
+def _encoder_state(obj: Any, source: Path, weights: str) -> tuple[dict[str, torch.Tensor], str]:
     """The encoder state dict inside a loaded checkpoint, and what kind of checkpoint it was."""
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-    if isinstance(obj.get("method"), dict):  # a motionrep training checkpoint: the student encoder
-        state = {k.removeprefix("encoder."): v for k, v in obj["method"].items() if k.startswith("encoder.")}
-        if not state:
-            raise ValueError(f"{source}: the motionrep checkpoint holds no 'encoder.*' weights")
-        return state, "motionrep checkpoint"
-    for wrapper in ("teacher", "student", "model", "state_dict"):  # official training checkpoints wrap the weights
+    if isinstance(obj.get("method"), dict):  # a motionrep training checkpoint
+        method = obj["method"]
+        prefixes = ("teacher_encoder.", "encoder.") if weights == "teacher" else ("encoder.",)
+        prefix = next((p for p in prefixes if any(k.startswith(p) for k in method)), None)
+        if prefix is None:
+            raise ValueError(f"{source}: the motionrep checkpoint holds no {' or '.join(prefixes)}* weights")
+        state = {k.removeprefix(prefix): v for k, v in method.items() if k.startswith(prefix)}
+        return state, f"motionrep checkpoint ({prefix.rstrip('.')})"
+    wrappers = ("teacher", "student") if weights == "teacher" else ("student", "teacher")
+    for wrapper in (*wrappers, "model", "state_dict"):  # official training checkpoints wrap the weights
         if isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
             break
@@ -151,10 +159,11 @@ def _encoder_state(obj: Any, source: Path) -> tuple[dict[str, torch.Tensor], str
     return state, "official state dict"
 
 
-def load_encoder_weights(encoder: VisionTransformer, path: str | Path) -> str:
+def load_encoder_weights(encoder: VisionTransformer, path: str | Path, weights: str = "teacher") -> str:
     """Load pretrained encoder weights into ``encoder`` with strict key checks; returns a description of the source.
 
-    ``path``: a motionrep run directory (``checkpoints/last.pt``) or checkpoint file (its student ``encoder.*``), or
+    ``path``: a motionrep run directory (``checkpoints/last.pt``) or checkpoint file — ``weights="teacher"``: its EMA
+    teacher encoder when the method has one (what the evaluation suite scores by default), else ``encoder.*`` — or
     an official DINO / DINOv2 state dict (``.pth`` or ``.safetensors``; inside ``teacher`` / ``student`` / ``model``
     / ``state_dict`` when wrapped; ``module.`` and ``backbone.`` prefixes stripped; DINOv2 block chunks renamed; see
     ``docs/models.md``). A position embedding of another square grid is resampled once to the encoder's native grid
@@ -176,7 +185,9 @@ def load_encoder_weights(encoder: VisionTransformer, path: str | Path) -> str:
         obj = load_file(str(source))
     else:
         obj = torch.load(source, map_location="cpu", weights_only=True)
-    state, kind = _encoder_state(obj, source)
+    if weights not in INIT_WEIGHTS:
+        raise ValueError(f"weights must be one of {INIT_WEIGHTS}, got {weights!r}")
+    state, kind = _encoder_state(obj, source, weights)
     expected = encoder.state_dict()
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != expected["pos_embed"].shape and pos.dim() == 3:
@@ -238,7 +249,7 @@ class MoSiC(Method):
         self.init_source = "random"
         if mc.init:
             try:
-                self.init_source = load_encoder_weights(encoder, mc.init)
+                self.init_source = load_encoder_weights(encoder, mc.init, mc.init_weights)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"method.init: {e}") from None
         self.encoder = encoder
@@ -250,14 +261,14 @@ class MoSiC(Method):
         self.head = MLPProjector(encoder.embed_dim, mc.head_dims)
         self.prototypes = Prototypes(mc.num_prototypes, mc.head_dims[-1])
         if mc.ema_teacher:
-            self.teacher = make_teacher(encoder).eval()
+            self.teacher_encoder = make_teacher(encoder).eval()
             self.teacher_head = make_teacher(self.head)
             self.teacher_prototypes = make_teacher(self.prototypes)
 
     def train(self, mode: bool = True) -> MoSiC:
         super().train(mode)
         if self.method_cfg.ema_teacher:
-            self.teacher.eval()
+            self.teacher_encoder.eval()
         return self
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -292,7 +303,7 @@ class MoSiC(Method):
         if not self.method_cfg.ema_teacher:
             return []
         return [
-            (self.encoder, self.teacher),
+            (self.encoder, self.teacher_encoder),
             (self.head, self.teacher_head),
             (self.prototypes, self.teacher_prototypes),
         ]
@@ -381,7 +392,7 @@ class MoSiC(Method):
         if cfg.ema_teacher:
             self.teacher_prototypes.normalize_()
             with torch.no_grad():
-                t_tokens = self.teacher.patch_tokens(self.teacher(frames[:, :tt].flatten(0, 1)))
+                t_tokens = self.teacher_encoder.patch_tokens(self.teacher_encoder(frames[:, :tt].flatten(0, 1)))
                 t_scores = self._scores(
                     t_tokens.view(b, tt, num_tokens, -1),
                     tracks[:, :tt],
