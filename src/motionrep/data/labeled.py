@@ -63,3 +63,30 @@ class VideoSet:
 
     def __len__(self) -> int:
         return len(self.clips)
+
+
+@dataclass
+class EvalData:
+    """Everything the protocols read; parts a dataset does not provide are ``None`` (their protocols are skipped)."""
+
+    name: str
+    seg_train: SegSet | None = None
+    seg_val: SegSet | None = None
+    flow_train: FlowSet | None = None
+    flow_val: FlowSet | None = None
+    videos: VideoSet | None = None
+
+    def supports(self, protocol: str) -> bool:
+        needs = {
+            "seg_linear": (self.seg_train, self.seg_val),
+            "overcluster": (self.seg_val,),
+            "incontext": (self.seg_train, self.seg_val),
+            "propagation": (self.videos,),
+            "flow_probe": (self.flow_train, self.flow_val),
+            "flow_match": (self.flow_val,),
+            "tracking": (self.videos,),
+            "dis": (self.flow_val,),
+        }[protocol]
+        if protocol == "tracking" and self.videos is not None:
+            return any(c.tracks is not None for c in self.videos.clips)
+        return all(x is not None and len(x) > 0 for x in needs)
