@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -11,33 +10,39 @@ import typer
 SPLITS = ("train", "val", "test")
 
 
-def summarise(videos: Iterable) -> dict:
-    """Counts and ground-truth statistics of synthetic clips (``SynthVideo``-like records)."""
-    from motionrep.data.synth import CLASS_NAMES
+class SplitStats:
+    """Counts and ground-truth statistics accumulated over synthetic clips (``SynthVideo``-like records)."""
 
-    count, frames, magnitude, occluded, left, pairs = 0, 0, 0.0, 0.0, 0.0, 0
-    classes: set[int] = set()
-    for v in videos:
-        count += 1
-        frames += len(v.frames)
-        classes.update(np.unique(v.semantic).tolist())
-        _, _, h, w = v.flow.shape
-        x = np.arange(w)[None, :] + v.flow[:, 0]
-        y = np.arange(h)[:, None] + v.flow[:, 1]
+    def __init__(self) -> None:
+        self.videos = self.frames = self.pairs = 0
+        self.flow_sum = self.occluded = self.left = 0.0
+        self.classes: set[int] = set()
+
+    def add(self, video) -> None:
+        _, _, h, w = video.flow.shape
+        x = np.arange(w)[None, :] + video.flow[:, 0]
+        y = np.arange(h)[:, None] + video.flow[:, 1]
         inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
-        magnitude += float(np.hypot(v.flow[:, 0], v.flow[:, 1]).sum())
-        occluded += float((inside & ~v.valid).sum())
-        left += float((~inside).sum())
-        pairs += v.valid.size
-    pairs = max(pairs, 1)
-    return {
-        "videos": count,
-        "frames": frames,
-        "classes": [CLASS_NAMES[c] for c in sorted(classes)],
-        "mean_flow_px": magnitude / pairs,
-        "occluded_fraction": occluded / pairs,
-        "out_of_frame_fraction": left / pairs,
-    }
+        self.videos += 1
+        self.frames += len(video.frames)
+        self.pairs += video.valid.size
+        self.flow_sum += float(np.hypot(video.flow[:, 0], video.flow[:, 1]).sum())
+        self.occluded += float((inside & ~video.valid).sum())
+        self.left += float((~inside).sum())
+        self.classes.update(np.unique(video.semantic).tolist())
+
+    def result(self) -> dict:
+        from motionrep.data.synth import CLASS_NAMES
+
+        pairs = max(self.pairs, 1)
+        return {
+            "videos": self.videos,
+            "frames": self.frames,
+            "classes": [CLASS_NAMES[c] for c in sorted(self.classes)],
+            "mean_flow_px": self.flow_sum / pairs,
+            "occluded_fraction": self.occluded / pairs,
+            "out_of_frame_fraction": self.left / pairs,
+        }
 
 
 def print_summary(stats: dict) -> None:
@@ -51,13 +56,14 @@ def print_summary(stats: dict) -> None:
 
 
 def generate(preset: str, splits: list[str], out: Path, videos: int | None, fmt: str, seed: int) -> dict:
-    """Write ``splits`` of ``preset`` under ``out`` and return the summary of the last split (read back from disk)."""
-    from motionrep.data.synth import SynthWorld, load_split, synth_preset, write_split
+    """Write ``splits`` of ``preset`` under ``out`` and return the statistics of all written clips."""
+    from motionrep.data.synth import SynthWorld, synth_preset, write_split
 
     config = synth_preset(preset)
+    stats = SplitStats()
     for split in splits:
-        write_split(SynthWorld(config, split, seed, videos), out, fmt)
-    return summarise(load_split(out, splits[-1]))
+        write_split(SynthWorld(config, split, seed, videos), out, fmt, on_video=stats.add)
+    return stats.result()
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +72,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output folder: manifest.json and one folder per split."),
         preset: str = typer.Option("tiny", "--preset", help="tiny (32x32x8), small (64x64x16), standard (128x128x24)."),
         split: str = typer.Option("val", "--split", help="train, val, test, or all."),
-        videos: int | None = typer.Option(None, "--videos", help="Videos per split [default: the preset's count]."),
+        videos: int | None = typer.Option(None, "--videos", help="Videos per split (default: the preset's count)."),
         fmt: str = typer.Option("frames", "--format", help="frames (PNG per frame) or mp4 (H.264, yuv420p)."),
         seed: int = typer.Option(0, "--seed", help="World seed; videos are deterministic per (seed, split, index)."),
     ) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +101,18 @@ def _read_manifest(out: Path) -> dict:
         raise ValueError(f"{path}: corrupt manifest ({err})") from err
 
 
-def write_split(world, out_dir: str | Path, fmt: str = "frames", fps: int = 10, progress: bool = True) -> Path:
+def write_split(
+    world,
+    out_dir: str | Path,
+    fmt: str = "frames",
+    fps: int = 10,
+    progress: bool = True,
+    on_video: Callable[[SynthVideo], None] | None = None,
+) -> Path:
     """Write every clip of ``world`` (a :class:`~motionrep.data.synth.SynthWorld`) under ``out_dir/<split>``.
 
-    Adds (or replaces) the split's entry in ``out_dir/manifest.json`` and returns the manifest path.
+    Adds (or replaces) the split's entry in ``out_dir/manifest.json`` and returns the manifest path. ``on_video`` is
+    called with each clip after it is written (e.g. to gather statistics without rendering twice).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
@@ -120,6 +128,8 @@ def write_split(world, out_dir: str | Path, fmt: str = "frames", fps: int = 10, 
         video = world[i]
         write_video(root, video, fmt, fps)
         names.append(video.name)
+        if on_video is not None:
+            on_video(video)
     manifest.update(
         generator="motionrep.synth",
         version=SYNTH_VERSION,

@@ -113,18 +113,19 @@ def _shape_mask(shape: str, c: np.ndarray) -> np.ndarray:
     if shape == "disc":
         return r2 < 1.0
     if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) < 0.8
+        return np.maximum(np.abs(u), np.abs(v)) < 0.7
     if shape == "triangle":  # equilateral, inscribed in the unit circle, apex up
         return (v < 0.5) & (0.866 * u - 0.5 * v < 0.5) & (-0.866 * u - 0.5 * v < 0.5)
     if shape == "star":  # r < 0.6 + 0.35 cos(5 theta), cos(5 theta) by its Chebyshev polynomial in cos(theta)
         r = np.sqrt(r2)
         k = u / np.maximum(r, 1e-6)
-        return r < 0.6 + 0.35 * (16 * k**5 - 20 * k**3 + 5 * k)
+        k2 = k * k
+        return r < 0.6 + 0.35 * k * ((16 * k2 - 20) * k2 + 5)
     if shape == "ring":
         return (r2 < 1.0) & (r2 > 0.25)
     if shape == "cross":
         au, av = np.abs(u), np.abs(v)
-        return ((au < 0.33) & (av < 0.95)) | ((av < 0.33) & (au < 0.95))
+        return ((au < 0.3) & (av < 0.95)) | ((av < 0.3) & (au < 0.95))
     raise ValueError(f"unknown shape {shape!r}")
 
 
