@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from motionrep.data.sources import FrameFolderSource, PyAVSource, VideoReadError, write_video
+from motionrep.data.sources import FrameCache, FrameFolderSource, PyAVSource, SynthSource, VideoReadError, write_video
 
 T, H, W = 40, 48, 64
 
@@ -117,3 +117,61 @@ def test_frame_folder_natural_order_and_missing_frames(tmp_path):
 def test_frame_folder_without_frames_raises(tmp_path):
     with pytest.raises(VideoReadError, match="no jpg/png frames"):
         FrameFolderSource(tmp_path)
+
+
+def test_frame_cache_evicts_least_recently_used_by_bytes():
+    cache = FrameCache(max_bytes=3 * 100)
+    for key in "abc":
+        cache.put(key, np.zeros(100, np.uint8))
+    assert cache.get("a") is not None  # "a" is now the most recent
+    cache.put("d", np.zeros(100, np.uint8))
+    assert cache.get("b") is None and all(cache.get(k) is not None for k in "acd") and len(cache) == 3
+    cache.put("huge", np.zeros(1000, np.uint8))
+    assert cache.get("huge") is None
+
+
+class _CountingWorld:
+    def __init__(self):
+        self.renders = 0
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        self.renders += 1
+        return _Video(i)
+
+
+class _Video:
+    def __init__(self, i):
+        self.frames = flat_frames(6) + i
+
+    def track(self, xy0, t0=0):
+        return np.repeat(xy0[None], 6, 0) + np.arange(6)[:, None, None] - t0, np.ones((6, len(xy0)), bool)
+
+
+def test_synth_source_reads_tracks_and_caches_frames():
+    world, cache = _CountingWorld(), FrameCache(10**7)
+    with SynthSource(world, 1, cache=cache) as src:
+        assert (src.num_frames, src.size) == (6, (H, W))
+        np.testing.assert_array_equal(src.read([4, 1]), flat_frames(6)[[4, 1]] + 1)
+        tracks, visible = src.track([2, 3, 5], np.array([[1.0, 2.0]], np.float32))
+    assert tracks.shape == (3, 1, 2) and visible.all()
+    np.testing.assert_allclose(tracks[:, 0, 0], [1.0, 2.0, 4.0])  # queries live on frame indices[0] = 2
+    with SynthSource(world, 1, cache=cache) as again:
+        again.read([0])
+    assert world.renders == 1
+
+
+def test_synth_source_tracks_from_the_scene_match_the_rendered_video():
+    from motionrep.data.synth import SynthWorld, synth_preset
+
+    world = SynthWorld(synth_preset("tiny"), "train", 0, 2)
+    queries = np.array([[3.2, 5.0], [20.0, 11.5], [30.0, 30.0]], np.float32)
+    cached = SynthSource(world, 1, cache=FrameCache(10**7))
+    cached.read([0])
+    scene_tracks = SynthSource(world, 1, cache=cached._cache).track([1, 2, 4], queries)  # frames cached: no render
+    video = world[1]
+    expected, visible = video.track(queries, t0=1)
+    np.testing.assert_array_equal(scene_tracks[0], expected[[1, 2, 4]])
+    np.testing.assert_array_equal(scene_tracks[1], visible[[1, 2, 4]])

@@ -17,6 +17,7 @@ from typing import Any
 from motionrep.data.sources import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
+    FrameCache,
     FrameFolderSource,
     PyAVSource,
     SynthSource,
@@ -45,6 +46,7 @@ class VideoEntry:
     fps: float = 30.0
     world: Any = field(default=None, repr=False, compare=False)
     index: int = -1
+    cache: FrameCache | None = field(default=None, repr=False, compare=False)
 
     def open(self, threads: int = 1) -> VideoSource:
         if self.kind == "video":
@@ -52,7 +54,7 @@ class VideoEntry:
         if self.kind == "frames":
             return FrameFolderSource(self.path, self.files, fps=self.fps)
         if self.kind == "synth":
-            return SynthSource(self.world, self.index, fps=self.fps)
+            return SynthSource(self.world, self.index, fps=self.fps, cache=self.cache)
         raise ValueError(f"unknown video entry kind {self.kind!r}")
 
     def describe(self) -> str:
@@ -212,9 +214,16 @@ def video_folder(root: str | Path) -> Catalog:
 SYNTH_LAYOUT = "a synthetic world (motionrep.data.synth.SynthWorld) with at least one video"
 
 
-def synthetic(world: Any, fps: float = 30.0) -> Catalog:
-    """The videos of an in-memory synthetic world (anything with ``len()`` and ``world[i].frames``)."""
-    entries = [VideoEntry(f"synth-{i:06d}", "synth", world=world, index=i, fps=fps) for i in range(len(world))]
+def synthetic(world: Any, fps: float = 30.0, cache_mb: float = 256.0) -> Catalog:
+    """The videos of an in-memory synthetic world (anything with ``len()`` and ``world[i].frames``).
+
+    Rendered frames are kept in a per-process cache of ``cache_mb`` MiB (0 disables it), so revisited videos are
+    not rendered again.
+    """
+    cache = FrameCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+    entries = [
+        VideoEntry(f"synth-{i:06d}", "synth", world=world, index=i, fps=fps, cache=cache) for i in range(len(world))
+    ]
     return Catalog("synthetic", None, SYNTH_LAYOUT, entries)
 
 
@@ -229,12 +238,12 @@ CATALOGS: dict[str, Callable[..., Catalog]] = {
 
 
 def synthetic_world(
-    preset: str = "tiny", split: str = "train", seed: int = 0, num_videos: int | None = None
+    preset: str = "tiny", split: str = "train", seed: int = 0, num_videos: int | None = None, cache_mb: float = 256.0
 ) -> Catalog:
     """The catalog of a freshly configured synthetic world (``motionrep.data.synth``)."""
     from motionrep.data.synth import SynthWorld, synth_preset
 
-    return synthetic(SynthWorld(synth_preset(preset), split, seed, num_videos))
+    return synthetic(SynthWorld(synth_preset(preset), split, seed, num_videos), cache_mb=cache_mb)
 
 
 def build_catalog(name: str, root: str | Path | None = None, **options: Any) -> Catalog:

@@ -9,6 +9,7 @@ with a warning instead of crashing or hanging.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -226,18 +227,48 @@ class FrameFolderSource:
         self.close()
 
 
+class FrameCache:
+    """A least-recently-used store of decoded frame arrays, bounded in bytes (one per process)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Any) -> np.ndarray | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        return None
+
+    def put(self, key: Any, frames: np.ndarray) -> None:
+        if frames.nbytes > self.max_bytes or key in self._items:
+            return
+        self._items[key] = frames
+        self._bytes += frames.nbytes
+        while self._bytes > self.max_bytes:
+            self._bytes -= self._items.popitem(last=False)[1].nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class SynthSource:
     """One video of the synthetic world (``motionrep.data.synth``), generated in memory on first access.
 
-    Besides frames it answers exact point tracks: :meth:`track` is the ground-truth tracker.
+    Besides frames it answers exact point tracks: :meth:`track` is the ground-truth tracker. With a ``cache``, the
+    frames of revisited videos are not rendered again, and tracks come from the world's scene description
+    (``world.scene(i)``) without rendering.
     """
 
-    def __init__(self, world: Any, index: int, fps: float = 30.0) -> None:
+    def __init__(self, world: Any, index: int, fps: float = 30.0, cache: FrameCache | None = None) -> None:
         self.world = world
         self.index = index
         self.name = f"synth-{index:06d}"
         self._fps = fps
+        self._cache = cache
         self._video: Any = None
+        self._frames = cache.get(index) if cache is not None else None
 
     @property
     def video(self) -> Any:
@@ -246,8 +277,16 @@ class SynthSource:
         return self._video
 
     @property
+    def frames(self) -> np.ndarray:
+        if self._frames is None:
+            self._frames = self.video.frames
+            if self._cache is not None:
+                self._cache.put(self.index, self._frames)
+        return self._frames
+
+    @property
     def num_frames(self) -> int:
-        return int(self.video.frames.shape[0])
+        return int(self.frames.shape[0])
 
     @property
     def fps(self) -> float:
@@ -255,11 +294,11 @@ class SynthSource:
 
     @property
     def size(self) -> tuple[int, int]:
-        return tuple(self.video.frames.shape[1:3])
+        return tuple(self.frames.shape[1:3])
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         idx = _check_indices(indices, self.num_frames, self.name)
-        return self.video.frames[idx]
+        return self.frames[idx]
 
     def track(self, indices: Sequence[int], queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact tracks of ``queries`` (N, 2) given on frame ``indices[0]``, at every frame of ``indices``.
@@ -267,11 +306,17 @@ class SynthSource:
         Returns ``tracks`` (T, N, 2) float32 (x, y) and ``visible`` (T, N) bool.
         """
         idx = _check_indices(indices, self.num_frames, self.name)
-        tracks, visible = self.video.track(np.asarray(queries, dtype=np.float32), t0=int(idx[0]))
+        queries = np.asarray(queries, dtype=np.float32)
+        if self._video is None and hasattr(self.world, "scene"):
+            from motionrep.data.synth import track_points
+
+            tracks, visible = track_points(self.world.scene(self.index), queries, int(idx[0]))
+        else:
+            tracks, visible = self.video.track(queries, t0=int(idx[0]))
         return np.asarray(tracks, dtype=np.float32)[idx], np.asarray(visible, dtype=bool)[idx]
 
     def close(self) -> None:
-        self._video = None
+        self._video = self._frames = None
 
     def __enter__(self) -> SynthSource:
         return self
