@@ -6,6 +6,7 @@ Used by every "2 ranks give the result of 1 rank" equivalence test. ``fn`` must 
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import socket
@@ -29,7 +30,11 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
     torch.set_num_threads(1)
     try:
         dist.init_distributed("cpu")
-        queue.put((rank, fn(*args), None))
+        # serialised to bytes: tensors put on the queue directly would be shared through file descriptors that
+        # vanish when this process exits before the parent reads them
+        buffer = io.BytesIO()
+        torch.save(fn(*args), buffer)
+        queue.put((rank, buffer.getvalue(), None))
     except Exception:  # reported to the parent, which raises
         queue.put((rank, None, traceback.format_exc()))
     finally:
@@ -38,6 +43,8 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
 
 def run_ranks(fn, world_size: int = 2, *args, timeout: float = 120.0) -> list:
     """``[fn(*args) on rank 0, fn(*args) on rank 1, ...]`` computed under a gloo process group."""
+    import torch
+
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
@@ -50,7 +57,7 @@ def run_ranks(fn, world_size: int = 2, *args, timeout: float = 120.0) -> list:
             rank, value, error = queue.get(timeout=timeout)
             if error is not None:
                 raise RuntimeError(f"rank {rank} failed:\n{error}")
-            results[rank] = value
+            results[rank] = torch.load(io.BytesIO(value), weights_only=False)
     finally:
         for p in procs:
             p.join(timeout=10)
