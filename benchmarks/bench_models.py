@@ -2,8 +2,8 @@
 
 FLOPs are analytic (2 per multiply-accumulate): patch embedding ``2 n 3 p^2 D``, per block ``24 N D^2`` (qkv, proj,
 MLP) plus ``4 N^2 D`` (attention scores and weighted sum); a training step (forward + backward) counts 3x the
-forward. Each configuration runs in a fresh process so that its peak resident memory (CPU) or peak allocated
-memory (CUDA) is its own.
+forward. Each configuration runs in a fresh process so that its peak memory is its own: on CPU the growth of the
+resident-set high-water mark (reset after building the model) over the baseline, on CUDA the peak allocation.
 
     .venv/bin/python benchmarks/bench_models.py --out benchmarks/results/models.json
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
+import os
 import statistics
 import sys
 import time
@@ -73,6 +73,19 @@ def _timed(fn, device: torch.device, steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def _status_kib(field: str) -> int:
+    """A ``VmRSS`` / ``VmHWM`` line of ``/proc/self/status`` in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's resident-set high-water mark (Linux ``clear_refs`` code 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def run_case(case: str, device: str, steps: int, warmup: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -80,7 +93,9 @@ def run_case(case: str, device: str, steps: int, warmup: int, threads: int, queu
     preset, side, batch = CASES[case]
     model = build_vit(preset).to(dev)
     x = torch.rand(batch, 3, side, side, device=dev)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if dev.type == "cpu":
+        _reset_peak_rss()
+        base_rss = _status_kib("VmRSS")
 
     def forward():
         with torch.no_grad():
@@ -96,8 +111,8 @@ def run_case(case: str, device: str, steps: int, warmup: int, threads: int, queu
     t_train = _timed(train_step, dev, steps, warmup)
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:  # ru_maxrss is in KiB on Linux: growth of the process peak over the model + input baseline
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    else:  # growth of the resident-set peak over the model + input baseline
+        peak_mb = (_status_kib("VmHWM") - base_rss) / 1024
     flops = forward_flops(model, side)
     queue.put(
         dict(
@@ -129,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    load_before = os.getloadavg()[0]
     peak = matmul_peak(dev)
     ctx = mp.get_context("spawn")
     results = []
@@ -145,7 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
         row["forward_mfu"] = row["forward_gflops"] / peak
         row["train_mfu"] = row["train_gflops"] / peak
     report = dict(
-        device=args.device, threads=args.threads, torch=torch.__version__, matmul_peak_gflops=peak, results=results
+        device=args.device,
+        threads=args.threads,
+        torch=torch.__version__,
+        load_average_1min=[load_before, os.getloadavg()[0]],  # before / after: other processes share the CPU
+        matmul_peak_gflops=peak,
+        results=results,
     )
     text = json.dumps(report, indent=2)
     print(text)
