@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distributed import run_ranks
 from motionrep.methods.mosic_core import (
     Prototypes,
     cluster_cross_entropy,
@@ -143,25 +142,3 @@ def test_prototypes_renormalise_in_place():
     assert torch.allclose(protos.weight.norm(dim=1), torch.ones(6))
     z = F.normalize(torch.randn(4, 8), dim=-1)
     assert torch.allclose(protos(z), z @ protos.weight.t())
-
-
-def _rank_normalised_gradient(ce_all: torch.Tensor, w_all: torch.Tensor):
-    from motionrep.train import dist
-
-    part = dist.shard(ce_all.shape[0])
-    ce = ce_all[part].clone().requires_grad_(True)
-    weighted_loss(ce, w_all[part], "visible").backward()
-    return ce.grad, usage_entropy(F.one_hot(w_all[part].long().flatten(), 2).float())
-
-
-def test_visible_normalisation_two_ranks_equal_one_rank():
-    ce = torch.rand(6, 3, 4)
-    w = (torch.rand(6, 3, 4) > 0.3).float()
-    w[:3] = 1.0  # unequal visible counts per rank
-    ce1 = ce.clone().requires_grad_(True)
-    weighted_loss(ce1, w, "visible").backward()
-    results = run_ranks(_rank_normalised_gradient, 2, ce, w)
-    averaged = torch.cat([g for g, _ in results]) / 2  # DDP averages gradients over ranks
-    assert torch.allclose(averaged, ce1.grad, atol=1e-7)
-    entropy = usage_entropy(F.one_hot(w.long().flatten(), 2).float())
-    assert all(torch.isclose(e, entropy) for _, e in results)

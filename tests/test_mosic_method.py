@@ -3,11 +3,13 @@ initialisation from checkpoints, config validation."""
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import motionrep.methods.mosic as mosic
+from distributed import run_ranks
 from motionrep.cli import app
 from motionrep.config import Config, ModelConfig, load_config
 from motionrep.methods.mosic import MoSiC, MoSiCConfig, load_encoder_weights
@@ -332,3 +334,26 @@ def test_cli_training_reduces_the_loss_and_resumes_exactly(tmp_path):
 def test_cli_reports_missing_initial_weights(tmp_path):
     result = CliRunner().invoke(app, ["pretrain", "mosic-micro", "--out", str(tmp_path / "r"), "method.init=nope.pth"])
     assert result.exit_code != 0 and "nope.pth" in result.output
+
+
+def _rank_gradients(frames, tracks, visible, in_crop) -> tuple[float, dict[str, np.ndarray]]:
+    """Loss statistics and gradients of this rank's shard (numpy: nothing shared with the exiting process)."""
+    from motionrep.train import dist
+
+    torch.manual_seed(0)
+    model = make(mask_ratio=0.0)
+    part = dist.shard(frames.shape[0])
+    out = model.compute_losses(frames[part], tracks[part], visible[part], in_crop[part])
+    out["loss"].backward()
+    return float(out["cluster_entropy"]), {name: g.numpy() for name, g in grads(model).items()}
+
+
+def test_two_gloo_ranks_give_the_gradients_of_one_rank():
+    data = clip(4, 3)
+    data[2][:2, 1:] = False  # unequal visible counts on the two ranks: the loss normalisation must be global
+    entropy, full = _rank_gradients(*data)
+    ranks = run_ranks(_rank_gradients, 2, *data)
+    assert all(abs(e - entropy) < 1e-6 for e, _ in ranks)
+    assert ranks[0][1].keys() == full.keys()
+    for name, g in full.items():  # DDP averages the ranks' gradients
+        np.testing.assert_allclose((ranks[0][1][name] + ranks[1][1][name]) / 2, g, atol=1e-5, err_msg=name)
