@@ -4,13 +4,17 @@ One optimiser step = forward (student + teacher + Sinkhorn + loss), backward, Ad
 of ``train.batch_size`` clips from the preset's own dataset (data loading is timed separately, once per clip).
 Weights are random (``method.init`` is ignored): the cost does not depend on them.
 
-    python benchmarks/bench_mosic.py --config mosic-synth-tiny --threads 2 --steps 10 --out bench_mosic.json
+    python benchmarks/bench_mosic.py --config mosic-synth-tiny --threads 2 --steps 6 --out bench_mosic.json
+
+The machine's 1-minute load average at the start is recorded: on a shared machine the minimum is the better
+estimate of the cost of a step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -53,8 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="mosic-synth-tiny")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="names of VARIANTS to run")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -75,6 +79,7 @@ def main() -> None:
         "clip_frames": base.data.clip_frames,
         "tracks_per_clip": base.method.grid_size**2,
         "data_ms_per_clip": round(1000 * data_s, 2),
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "variants": {},
     }
     for name in args.variants:

@@ -46,12 +46,10 @@ def num_dropped(num_tokens: int, ratio: float) -> int:
     return math.floor(num_tokens * ratio + 1e-9)
 
 
-def random_keep(
-    batch: int, num_tokens: int, ratio: float, device: torch.device | None = None, generator=None
-) -> torch.Tensor:
-    """Sorted indices (batch, num_tokens - ⌊num_tokens·ratio⌋) of the patch tokens each clip keeps."""
+def random_keep(batch: int, num_tokens: int, ratio: float, device: torch.device | None = None) -> torch.Tensor:
+    """Sorted indices (batch, num_tokens - ⌊num_tokens·ratio⌋) of the patch tokens each clip keeps (global RNG)."""
     drop = num_dropped(num_tokens, ratio)
-    order = torch.rand(batch, num_tokens, device=device, generator=generator).argsort(dim=1)
+    order = torch.rand(batch, num_tokens, device=device).argsort(dim=1)
     return order[:, drop:].sort(dim=1).values
 
 
