@@ -17,7 +17,7 @@ from motionrep.data.synth_scene import NUM_STUFF, OBJECT_CLASSES, STUFF_CLASSES,
 from motionrep.ops.points import grid_points, inside
 
 
-@dataclass
+@dataclass(eq=False)
 class SynthVideo:
     """One clip with exact ground truth. Flow is (dx, dy) in pixels; points are (x, y), pixel centres at integers."""
 
@@ -70,9 +70,9 @@ def _materials(scene: Scene) -> dict[str, np.ndarray]:
     tiles += [textures.texture_id(OBJECT_CLASSES[c - NUM_STUFF][2]) for c in obj]
     return {
         "tile": np.array(tiles, np.int64),
-        "scale": np.concatenate([scene.stuff_tex_scale, scene.tex_scale[1:]]),
-        "offset": np.concatenate([scene.stuff_tex_offset, scene.tex_offset[1:]]),
-        "colours": np.concatenate([scene.stuff_colours, scene.colours[1:]]),
+        "scale": np.concatenate([scene.stuff_tex_scale, scene.tex_scale]),
+        "offset": np.concatenate([scene.stuff_tex_offset, scene.tex_offset]),
+        "colours": np.concatenate([scene.stuff_colours, scene.colours]),
         "label": np.concatenate([np.arange(NUM_STUFF), obj]).astype(np.uint8),
     }
 

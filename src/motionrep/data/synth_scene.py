@@ -32,10 +32,10 @@ PALETTE = np.array(
     + [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180]],
     np.uint8,
 )
-SYNTH_VERSION = 1  # bump whenever the same (config, split, seed, index) would render differently
+SYNTH_VERSION = 2  # bump whenever the same (config, split, seed, index) would render differently
 SPLIT_SEEDS: dict[str, int] = {"train": 0x5EED0, "val": 0x5EED1, "test": 0x5EED2}
 MOTIONS = ("free", "horizontal")
-STUFF_SEEDS = 6  # Voronoi sites partitioning the background plane into stuff regions
+STUFF_SITES = 6  # Voronoi sites partitioning the background plane into stuff regions
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _rot(theta: np.ndarray) -> np.ndarray:
     return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
 
 
-@dataclass
+@dataclass(eq=False)
 class Scene:
     """All sampled parameters of one clip; every geometric query is exact and vectorised."""
 
@@ -146,13 +146,13 @@ class Scene:
     warp_amp: np.ndarray  # (L, 2) amplitudes of the two shears (0 = rigid)
     warp_freq: np.ndarray  # (L,)
     warp_phase: np.ndarray  # (L, T, 2)
-    tex_scale: np.ndarray  # (L,) texels per canonical unit (objects) or per world pixel (background)
-    tex_offset: np.ndarray  # (L, 2)
-    colours: np.ndarray  # (L, 2, 3) dark and light colour of each object layer (row 0 unused)
+    tex_scale: np.ndarray  # (K,) texels per canonical unit of object layer k + 1
+    tex_offset: np.ndarray  # (K, 2)
+    colours: np.ndarray  # (K, 2, 3) dark and light colour of object layer k + 1
     stuff_sites: np.ndarray  # (S, 2) Voronoi sites on the background plane
     stuff_site_class: np.ndarray  # (S,) stuff class of each site
     stuff_colours: np.ndarray  # (NUM_STUFF, 2, 3)
-    stuff_tex_scale: np.ndarray  # (NUM_STUFF,)
+    stuff_tex_scale: np.ndarray  # (NUM_STUFF,) texels per background-plane pixel
     stuff_tex_offset: np.ndarray  # (NUM_STUFF, 2)
     noise_seed: int
     noise: float
@@ -163,7 +163,10 @@ class Scene:
     def __post_init__(self) -> None:
         # Per-(layer, frame) parameter rows, flattened so that a row is gathered with one np.take per component.
         inv = np.linalg.inv(self.linear.astype(np.float64)).astype(np.float32)
-        flat = lambda a: a.reshape(self.num_layers * self.frames, -1).T  # noqa: E731
+
+        def flat(a: np.ndarray) -> np.ndarray:
+            return a.reshape(self.num_layers * self.frames, -1).T
+
         self._fwd = np.ascontiguousarray(np.concatenate([flat(self.linear), flat(self.offset)]))
         self._inv = np.ascontiguousarray(np.concatenate([flat(inv), flat(self.offset)]))
         amp = np.broadcast_to(self.warp_amp[:, None], (self.num_layers, self.frames, 2))
@@ -302,9 +305,11 @@ def sample_scene(config: SynthConfig, rng: np.random.Generator) -> Scene:
     offset = np.concatenate([cam_b[None], np.einsum("tij,ktj->kti", cam_m, obj_b) + cam_b])
     phase = warp_phase0[:, None] + warp_rate[:, None] * times[None, :, None]
 
-    # Background: Voronoi sites over an area wider than any camera path, with at least two stuff classes.
-    sites = rng.uniform(-0.5, 1.5, (STUFF_SEEDS, 2)) * np.array([w, h])
-    site_class = rng.integers(0, NUM_STUFF, STUFF_SEEDS)
+    # Background: Voronoi sites over an area wider than any camera path; the first two lie inside frame 0 and
+    # have different classes, so that every clip shows at least two stuff classes.
+    sites = rng.uniform(-0.5, 1.5, (STUFF_SITES, 2)) * np.array([w, h])
+    sites[:2] = rng.uniform(0.15, 0.85, (2, 2)) * np.array([w, h])
+    site_class = rng.integers(0, NUM_STUFF, STUFF_SITES)
     site_class[:2] = rng.choice(NUM_STUFF, 2, replace=False)
 
     f32 = np.float32
@@ -316,9 +321,9 @@ def sample_scene(config: SynthConfig, rng: np.random.Generator) -> Scene:
         warp_amp=np.concatenate([[[0.0, 0.0]], warp_amp]).astype(f32),
         warp_freq=np.concatenate([[0.0], warp_freq]).astype(f32),
         warp_phase=np.concatenate([np.zeros((1, t_count, 2)), phase]).astype(f32),
-        tex_scale=np.concatenate([[1.0], radius * rng.uniform(0.8, 1.25, k)]).astype(f32),
-        tex_offset=rng.uniform(0, 256, (k + 1, 2)).astype(f32),
-        colours=_colour_pairs(rng, k + 1),
+        tex_scale=(radius * rng.uniform(0.8, 1.25, k)).astype(f32),
+        tex_offset=rng.uniform(0, 256, (k, 2)).astype(f32),
+        colours=_colour_pairs(rng, k),
         stuff_sites=sites.astype(f32),
         stuff_site_class=site_class.astype(np.int64),
         stuff_colours=_colour_pairs(rng, NUM_STUFF),
