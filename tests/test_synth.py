@@ -299,6 +299,12 @@ def test_load_split_errors(tmp_path):
     write_split(SynthWorld(_config(), "val", num_videos=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="available"):
         load_split(tmp_path, "train")
+    (tmp_path / "val" / "Flow" / "val_00000" / "00002.flo").unlink()
+    with pytest.raises(FileNotFoundError, match="00002.flo: missing"):
+        load_split(tmp_path, "val")[0]
+    (tmp_path / "manifest.json").write_text('{"splits": {"val": {"videos": []}}}')
+    with pytest.raises(ValueError, match="malformed"):
+        load_split(tmp_path, "val")
 
 
 def test_cli_synth_and_demo(tmp_path):

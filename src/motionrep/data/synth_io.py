@@ -150,7 +150,8 @@ def write_split(
 class SynthSplit(Sequence):
     """A split read from a ``motionrep synth`` folder; items equal the in-memory :class:`SynthVideo` clips.
 
-    When the files come from this generator version, each item also carries its scene, so ``track()`` works.
+    The manifest decides which files are read (its video names, and T frames per video from its config). When the
+    files come from this generator version, each item also carries its scene, so ``track()`` works.
     """
 
     def __init__(self, out_dir: str | Path, split: str):
@@ -161,31 +162,41 @@ class SynthSplit(Sequence):
             raise ValueError(f"{self.out}: no split {split!r} in {MANIFEST}; available: {sorted(splits)}")
         entry = splits[split]
         self.split, self.root = split, self.out / split
-        self.names: list[str] = list(entry["videos"])
-        self.format: str = entry["format"]
-        self.seed: int = int(entry["seed"])
-        self.config = SynthConfig.from_dict(entry["config"])
-        self.classes: list[str] = manifest["classes"]
+        try:
+            self.names: list[str] = list(entry["videos"])
+            self.format: str = entry["format"]
+            self.seed: int = int(entry["seed"])
+            self.config = SynthConfig.from_dict(entry["config"])
+            self.classes: list[str] = list(manifest["classes"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{self.out / MANIFEST}: malformed entry for split {split!r} ({err!r})") from err
+        if self.format not in FORMATS:
+            raise ValueError(f"{self.out / MANIFEST}: unknown format {self.format!r} for split {split!r}")
         self.same_generator = manifest.get("version") == SYNTH_VERSION and self.classes == CLASS_NAMES
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _frames(self, name: str) -> np.ndarray:
-        if self.format == "mp4":
-            return _read_mp4(self.root / "videos" / f"{name}.mp4")
-        return self._stack(self.root / "frames" / name, lambda p: np.asarray(Image.open(p).convert("RGB")))
+    @staticmethod
+    def _stack(folder: Path, read: Callable[[Path], np.ndarray], count: int, suffix: str = ".png") -> np.ndarray:
+        paths = [folder / f"{t:05d}{suffix}" for t in range(count)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: missing ({len(missing)} of the {count} files expected in {folder})")
+        return np.stack([read(p) for p in paths])
 
-    def _stack(self, folder: Path, read, suffix: str = ".png", count: int | None = None) -> np.ndarray:
-        files = sorted(folder.glob(f"*{suffix}"))
-        if not files or (count is not None and len(files) != count):
-            raise FileNotFoundError(f"{folder}: expected {count or 'some'} {suffix} files, found {len(files)}")
-        return np.stack([read(p) for p in files])
+    def _frames(self, name: str) -> np.ndarray:
+        t_count = self.config.frames
+        if self.format == "frames":
+            return self._stack(self.root / "frames" / name, lambda p: np.asarray(Image.open(p).convert("RGB")), t_count)
+        frames = _read_mp4(self.root / "videos" / f"{name}.mp4")
+        if len(frames) != t_count:
+            raise ValueError(f"{self.root / 'videos' / name}.mp4: {len(frames)} frames decoded, {t_count} expected")
+        return frames
 
     def __getitem__(self, i: int) -> SynthVideo:  # type: ignore[override]
         name = self.names[i]
-        frames = self._frames(name)
-        t_count = len(frames)
+        t_count = self.config.frames
         with np.load(self.root / "Tracks" / f"{name}.npz") as npz:
             tracks, visible = npz["tracks"], npz["visible"]
         scene = None
@@ -194,12 +205,12 @@ class SynthSplit(Sequence):
             scene = sample_scene(self.config, scene_rng(self.split, self.seed, index))
         return SynthVideo(
             name=name,
-            frames=frames,
-            semantic=self._stack(self.root / "Annotations" / name, flowio.read_label_png, count=t_count),
-            instance=self._stack(self.root / "Instances" / name, flowio.read_label_png, count=t_count),
-            flow=self._stack(self.root / "Flow" / name, flowio.read_flo, ".flo", t_count - 1),
-            flow_bwd=self._stack(self.root / "FlowBwd" / name, flowio.read_flo, ".flo", t_count - 1),
-            valid=self._stack(self.root / "FlowValid" / name, flowio.read_mask_png, count=t_count - 1),
+            frames=self._frames(name),
+            semantic=self._stack(self.root / "Annotations" / name, flowio.read_label_png, t_count),
+            instance=self._stack(self.root / "Instances" / name, flowio.read_label_png, t_count),
+            flow=self._stack(self.root / "Flow" / name, flowio.read_flo, t_count - 1, ".flo"),
+            flow_bwd=self._stack(self.root / "FlowBwd" / name, flowio.read_flo, t_count - 1, ".flo"),
+            valid=self._stack(self.root / "FlowValid" / name, flowio.read_mask_png, t_count - 1),
             tracks=tracks,
             visible=visible,
             scene=scene,
