@@ -125,7 +125,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> Method:
     """
     path = Path(path)
     ckpt = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    state = load_checkpoint(ckpt, map_location=device)
+    state = load_checkpoint(ckpt)
     cfg = parse_config(state["config"])
     method = get_method(cfg.method.name)(cfg)
     method.load_state_dict(state["method"])
@@ -234,13 +234,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     start = 0
     seed_everything(cfg.train.seed + rank)
     if resume:
-        state = load_checkpoint(ckpts.last, map_location=device)
+        state = load_checkpoint(ckpts.last)  # on CPU: RNG states must stay there
+        if state["world_size"] != world:
+            raise RunDirError(
+                f"--resume: {ckpts.last} was written by {state['world_size']} process(es); resume with the same "
+                f"number (got {world}) so that data order and RNG streams continue exactly"
+            )
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(state["loader"])
-        if state["world_size"] == world:
-            set_rng_state(state["rng"][rank])
+        set_rng_state(state["rng"][rank])
         start = state["step"]
         logger.truncate_after(start - 1)
 
