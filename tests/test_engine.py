@@ -213,7 +213,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
 
 def test_non_finite_loss_stops_with_step_and_term(tmp_path):
     cfg = toy_config(tmp_path, "method.nan_at_step=4")
-    with pytest.raises(NonFiniteLossError, match=r"step 4: loss term 'loss' = nan.*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match=r"step 4: loss term 'reg' = nan.*last good checkpoint"):
         train(cfg, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
 

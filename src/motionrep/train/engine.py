@@ -318,9 +318,10 @@ def _accumulate(model, method, stream, scaler, step, accum, device, use_amp, ckp
 
 
 def _check_finite(names, values: torch.Tensor, step: int, ckpts: CheckpointDir) -> None:
-    bad = ~torch.isfinite(values)
-    if bad.any():
-        name, value = next((n, float(v)) for n, v, b in zip(names, values.tolist(), bad.tolist(), strict=True) if b)
+    """Raise :class:`NonFiniteLossError` naming the first non-finite term (a component before the total ``loss``)."""
+    bad = [(n, v) for n, v, ok in zip(names, values.tolist(), torch.isfinite(values).tolist(), strict=True) if not ok]
+    if bad:
+        name, value = sorted(bad, key=lambda item: item[0] == "loss")[0]
         kept = f"the last good checkpoint is {ckpts.last}" if ckpts.last.is_file() else "no checkpoint was written"
         raise NonFiniteLossError(f"non-finite loss at step {step}: loss term '{name}' = {value}; stopping ({kept})")
 
