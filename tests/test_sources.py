@@ -175,3 +175,16 @@ def test_synth_source_tracks_from_the_scene_match_the_rendered_video():
     expected, visible = video.track(queries, t0=1)
     np.testing.assert_array_equal(scene_tracks[0], expected[[1, 2, 4]])
     np.testing.assert_array_equal(scene_tracks[1], visible[[1, 2, 4]])
+
+
+def test_frame_count_scan_runs_once_per_file(tmp_path):
+    from motionrep.data import sources
+
+    path = write_video(tmp_path / "v.mkv", flat_frames(10))  # mkv stores no frame count
+    with PyAVSource(path) as src:
+        assert src.num_frames == 10
+    (key,) = [k for k in sources._FRAME_COUNTS if k[0] == str(path.resolve())]
+    sources._FRAME_COUNTS[key] = 7  # a second open must reuse the cached count, not scan again
+    with PyAVSource(path) as src:
+        assert src.num_frames == 7
+    del sources._FRAME_COUNTS[key]

@@ -24,6 +24,9 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
+_FRAME_COUNTS: dict[tuple[str, int, int], int] = {}  # counted frames of containers without a frame count
+
+
 class VideoReadError(RuntimeError):
     """A video (or one of its frames) cannot be decoded; the message names the file."""
 
@@ -94,9 +97,14 @@ class PyAVSource:
             raise VideoReadError(f"{self.path}: video has no frames")
 
     def _count_frames(self) -> int:
-        count = sum(1 for packet in self._container.demux(self._stream) if packet.size > 0 and packet.pts is not None)
-        self._container.seek(0, stream=self._stream, backward=True)
-        return count
+        """Frames counted by demuxing (no decoding), once per file version and process."""
+        stat = self.path.stat()
+        key = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _FRAME_COUNTS:
+            packets = self._container.demux(self._stream)
+            _FRAME_COUNTS[key] = sum(1 for p in packets if p.size > 0 and p.pts is not None)
+            self._container.seek(0, stream=self._stream, backward=True)
+        return _FRAME_COUNTS[key]
 
     @property
     def num_frames(self) -> int:
