@@ -81,3 +81,6 @@ def test_perturb_rejects_runs_without_dynamics(tmp_path):
     assert result.exit_code == 1 and "needs a Midway run" in result.output
     result = RUNNER.invoke(app, ["analyze", "perturb", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "no such run directory" in result.output
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    result = RUNNER.invoke(app, ["analyze", "perturb", str(tmp_path / "other.pt"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "not a motionrep training checkpoint" in result.output

@@ -14,7 +14,7 @@ from motionrep.config import ConfigError, load_config
 from motionrep.data.batch import PairBatch
 from motionrep.methods import get_method
 from motionrep.methods.midway import Midway
-from motionrep.models.dynamics import MidwayDynamics
+from motionrep.models.dynamics import MidwayDynamics, cls_and_patches
 from motionrep.models.vit import VIT_PRESETS, build_vit
 from motionrep.train.checkpoint import load_checkpoint
 from motionrep.train.engine import build_method
@@ -156,6 +156,15 @@ def test_base_model_row_has_no_dynamics():
     method = micro("method.midway.latent_dynamics=false")
     assert set(method.training_step(random_batch(), 0)) == {"loss", "dino"}
     assert "dynamics" not in method.module_sizes()
+
+
+def test_register_tokens_are_dropped_before_the_dynamics():
+    method = micro("model.num_register_tokens=2")
+    taps = method.taps(method.encoder, torch.rand(1, 3, 32, 32))
+    assert all(z.shape[1] == method.dynamics.num_tokens == 17 for z in taps)
+    full = method.encoder(torch.rand(1, 3, 32, 32), taps=[1])[0]
+    torch.testing.assert_close(cls_and_patches(full, 3), torch.cat([full[:, :1], full[:, 3:]], 1))
+    assert torch.isfinite(method.training_step(random_batch(), 0)["loss"])
 
 
 def test_bad_levels_fail_clearly():

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from motionrep.models.dynamics import MidwayDynamics
+from motionrep.models.dynamics import MidwayDynamics, cls_and_patches
 from motionrep.ops.points import grid_points, token_rc
 
 SITES = ("encoder", "backward")
@@ -112,8 +112,8 @@ def analyze_pairs(
     cls = int(dcfg.use_cls_token)
     grid = encoder.grid_size(tuple(source.shape[-2:]))
     with torch.no_grad():
-        zs = encoder(source, taps=dcfg.levels)
-        zt = teacher(target, taps=dcfg.levels)
+        zs = [cls_and_patches(z, encoder.num_prefix_tokens) for z in encoder(source, taps=dcfg.levels)]
+        zt = [cls_and_patches(z, teacher.num_prefix_tokens) for z in teacher(target, taps=dcfg.levels)]
         states = dynamics(zs, zt, grid_hw=grid).states
         features_t = encoder(target, taps=[dcfg.levels[i]])[0]
     state = next(s for s in states if s.level == dcfg.levels[i])
@@ -135,8 +135,8 @@ def analyze_pairs(
 
         heat = jvp_heatmaps(predict, start.detach(), positions, cfg.num_samples, generator, cfg.chunk)
         heatmaps.append(heat[:, cls:])
-    strip = encoder.num_prefix_tokens
-    return PairAnalysis(torch.stack(heatmaps), zs[i][:, strip:], features_t[:, strip:], grid)
+    patches_t = features_t[:, encoder.num_prefix_tokens :]
+    return PairAnalysis(torch.stack(heatmaps), zs[i][:, 1:], patches_t, grid)
 
 
 def token_centres(grid: tuple[int, int], patch: int) -> torch.Tensor:
@@ -262,36 +262,21 @@ def plot_tracks(
 
 
 def load_midway(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The ``midway`` method of a run directory (``config.yaml`` + ``checkpoints/last.pt``) or of one checkpoint
-    file (its embedded config), in eval mode. ``ValueError`` for anything without latent dynamics."""
-    import tempfile
-
-    from motionrep.config import load_config
-    from motionrep.train.checkpoint import load_checkpoint
-    from motionrep.train.engine import build_method
+    """The ``midway`` method of a run directory or checkpoint file (:func:`motionrep.train.engine.load_run`), in eval
+    mode. ``ValueError`` for a missing path or a run without latent dynamics."""
+    from motionrep.train.engine import load_run
 
     path = Path(path)
-    if path.is_dir():
-        ckpt = path / "checkpoints" / "last.pt"
-        if not (path / "config.yaml").is_file() or not ckpt.is_file():
-            raise ValueError(f"{path}: not a run directory (expected config.yaml and checkpoints/last.pt)")
-        state = load_checkpoint(ckpt)
-        cfg = load_config(path / "config.yaml")
-    elif path.is_file():
-        state = load_checkpoint(path)
-        if "config" not in state or "method" not in state:
-            raise ValueError(f"{path}: not a motionrep training checkpoint (no 'config' / 'method' entries)")
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-            f.write(state["config"])
-            f.flush()
-            cfg = load_config(f.name)
-    else:
-        raise ValueError(f"{path}: no such run directory or checkpoint file")
-    if cfg.method.name != "midway" or not cfg.method.midway.latent_dynamics:
+    if not (path / "checkpoints" / "last.pt").is_file() and not path.is_file():
+        raise ValueError(f"{path}: no such run directory (with checkpoints/last.pt) or checkpoint file")
+    try:
+        method = load_run(path, device)
+    except KeyError as e:
+        raise ValueError(f"{path}: not a motionrep training checkpoint (no {e} entry)") from None
+    midway = getattr(method.cfg.method, "midway", None)
+    if method.cfg.method.name != "midway" or not midway.latent_dynamics:
         raise ValueError(f"{path}: the perturbation analysis needs a Midway run with latent dynamics")
-    method = build_method(cfg, "cpu")
-    method.load_state_dict(state["method"])
-    return method.to(device).eval()
+    return method
 
 
 def _frames(video, size: int, device) -> tuple[torch.Tensor, object]:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from motionrep.config import ConfigError
 from motionrep.methods.base import Method, register_method
 from motionrep.methods.dino import DINOConfig, MultiCropDINO, build_encoder_pair, pair_dataset
-from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig
+from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig, cls_and_patches
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -62,8 +62,7 @@ class Midway(Method):
     def taps(self, encoder: nn.Module, images: Tensor) -> list[Tensor]:
         """Tokens ``[CLS, patches]`` of ``images`` at every Midway level (register tokens dropped)."""
         levels = self.cfg.method.midway.levels
-        skip = encoder.num_prefix_tokens
-        return [torch.cat([z[:, :1], z[:, skip:]], 1) if skip > 1 else z for z in encoder(images, taps=levels)]
+        return [cls_and_patches(z, encoder.num_prefix_tokens) for z in encoder(images, taps=levels)]
 
     def dynamics_loss(self, motion: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Dense loss of motion crops ``(B, 2, 3, S, S)`` and its logged diagnostics."""

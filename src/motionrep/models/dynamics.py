@@ -136,6 +136,11 @@ def official_key_to_local(key: str) -> str:
     raise KeyError(f"no mapping for official Midway key {key!r}")
 
 
+def cls_and_patches(tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """``[CLS, registers, patches]`` -> ``[CLS, patches]``: the dynamics never see register tokens."""
+    return torch.cat([tokens[:, :1], tokens[:, num_prefix_tokens:]], dim=1) if num_prefix_tokens > 1 else tokens
+
+
 def dense_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-token ``||a/|a| - b/|b|||^2 = 2 - 2 cos(a, b)`` over the channel axis: (..., C) -> (...)."""
     return 2.0 - 2.0 * F.cosine_similarity(pred, target, dim=-1, eps=1e-6)
