@@ -79,7 +79,7 @@ class VideoDataset(Dataset, Generic[T]):
         name = entry.describe()
         if name not in self.bad_videos:
             self.bad_videos.add(name)
-            log.warning("skipping unreadable video %s: %s", name, err)
+            log.warning("skipping video %s: %s", name, err)
 
     def __len__(self) -> int:
         return len(self.catalog)
