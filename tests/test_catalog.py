@@ -99,7 +99,16 @@ def test_any_video_folder_is_recursive(tmp_path):
     assert names(build_catalog("video_folder", tmp_path)) == ["a", "sub/b"]
 
 
-@pytest.mark.parametrize("layout", ["bdd100k", "walking_tours", "youtube_vos", "kinetics", "video_folder"])
+def test_frame_folders(tmp_path):
+    frames(tmp_path / "frames" / "val_00001", ext=".png")
+    frames(tmp_path / "frames" / "val_00000", ext=".png")
+    catalog = build_catalog("frame_folders", tmp_path / "frames", fps=10)
+    assert names(catalog) == ["val_00000", "val_00001"] and catalog[0].fps == 10
+
+
+@pytest.mark.parametrize(
+    "layout", ["bdd100k", "walking_tours", "youtube_vos", "kinetics", "video_folder", "frame_folders"]
+)
 def test_empty_dataset_names_path_and_layout(tmp_path, layout):
     (tmp_path / "sub").mkdir()
     with pytest.raises(DatasetLayoutError, match=str(tmp_path)) as err:

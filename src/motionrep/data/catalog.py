@@ -211,6 +211,15 @@ def video_folder(root: str | Path) -> Catalog:
     return Catalog("video_folder", base, FOLDER_LAYOUT, entries)
 
 
+FRAMES_LAYOUT = "one folder of jpg/png frames per video: ROOT/<video>/<frame>.png|jpg"
+
+
+def frame_folders(root: str | Path, fps: float = 30.0) -> Catalog:
+    """Every sub-folder of ``root`` holding frames is a video (e.g. the ``S/frames`` folder of ``motionrep synth``)."""
+    base = _require_dir(root, "frame_folders", FRAMES_LAYOUT)
+    return Catalog("frame_folders", base, FRAMES_LAYOUT, _frame_entries(_subdirs(base), fps=fps))
+
+
 SYNTH_LAYOUT = "a synthetic world (motionrep.data.synth.SynthWorld) with at least one video"
 
 
@@ -234,6 +243,7 @@ CATALOGS: dict[str, Callable[..., Catalog]] = {
     "davis2017": davis2017,
     "kinetics": kinetics,
     "video_folder": video_folder,
+    "frame_folders": frame_folders,
 }
 
 
