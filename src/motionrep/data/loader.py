@@ -118,9 +118,6 @@ class Loader:
         while True:
             yield from self
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batches": self.position, "skip_events": self.skip_events}
 
