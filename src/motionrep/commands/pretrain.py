@@ -35,7 +35,10 @@ def register(app: typer.Typer) -> None:
             _fail(str(e), code=2)
         if dry_run:
             typer.echo(to_yaml(cfg))
-            sizes = engine.dry_run(cfg, warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
+            try:
+                sizes = engine.dry_run(cfg, warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
+            except ConfigError as e:  # e.g. a method's initial weights are missing
+                _fail(str(e), code=2)
             typer.echo(json.dumps({"params": sizes}))
             return
         if out is None:
