@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -54,3 +55,6 @@ def test_user_errors_are_clean(tmp_path):
     )
     assert missing.exit_code == 1 and "cannot build the training data" in missing.output
     assert "Traceback" not in missing.output and not (tmp_path / "config.yaml").exists()
+    if importlib.util.find_spec("tensorboard") is None:
+        tb = runner.invoke(app, ["pretrain", "micro", "train.tensorboard=true", "--out", str(tmp_path / "tb")])
+        assert tb.exit_code == 1 and "motionrep[tensorboard]" in tb.output and not (tmp_path / "tb").exists()

@@ -260,13 +260,14 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(to_yaml(cfg))
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+
 def config_diff(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix: d}
-        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-
-    fa, fb = flat(to_container(a)), flat(to_container(b))
-    return sorted(k.rstrip(".") for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    fa, fb = _flatten(to_container(a)), _flatten(to_container(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

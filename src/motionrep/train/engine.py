@@ -30,7 +30,7 @@ from motionrep.ops.schedules import cosine as cosine_schedule
 from motionrep.ops.schedules import ema_momentum, warmup_cosine, warmup_steps
 from motionrep.train import dist
 from motionrep.train.checkpoint import CheckpointDir, load_checkpoint, rng_state, set_rng_state
-from motionrep.train.logging import MetricsLogger, progress_bar
+from motionrep.train.logging import MetricsLogger, progress_bar, require_tensorboard
 from motionrep.train.optim import apply_schedules, build_optimizer, clip_grad_per_param
 
 
@@ -152,7 +152,14 @@ def build_loader_for(cfg: Config, dataset: Any, world: int):
     )
 
 
-def checkpoint_state(step, method, optimizer, scaler, loader, cfg) -> dict[str, Any]:
+def checkpoint_state(
+    step: int,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loader: Any,
+    cfg: Config,
+) -> dict[str, Any]:
     """The checkpoint dict: ``step`` (optimiser steps done), ``method`` (state dict: student ``encoder.*``,
     teachers, heads, buffers), ``optimizer``, ``scaler``, ``loader`` (sampler position), ``rng`` (one state per
     rank), ``world_size`` and ``config`` (the resolved YAML text)."""
@@ -210,12 +217,14 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> CheckpointDir:
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg``'s method into ``run_dir``; returns the last logged metrics record.
 
-    Raises :class:`NonFiniteLossError` (naming the step and loss term; checkpoints are left as they were) and
-    :class:`RunDirError`.
+    Raises :class:`NonFiniteLossError` (naming the step and loss term; checkpoints are left as they were),
+    :class:`RunDirError`, :class:`DatasetError` and :class:`~motionrep.config.ConfigError`.
     """
     run_dir = Path(run_dir)
     info = dist.init_distributed(cfg.train.device)
     world, rank, device = info.world_size, info.rank, info.device
+    if cfg.train.tensorboard and info.is_main:
+        require_tensorboard()
     seed_everything(cfg.train.seed)
     dataset = build_dataset(cfg)
     ckpts = _prepare_run_dir(cfg, run_dir, resume)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from motionrep.config import ConfigError
 
 METRICS = "metrics.jsonl"
 
@@ -21,6 +24,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def require_tensorboard() -> None:
+    """Raise :class:`~motionrep.config.ConfigError` when ``train.tensorboard=true`` cannot be honoured."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'motionrep[tensorboard]'")
+
+
 class MetricsLogger:
     """Appends records to ``metrics.jsonl`` (and TensorBoard scalars when asked); a no-op when ``enabled`` is false
     (non-zero ranks)."""
@@ -30,12 +39,9 @@ class MetricsLogger:
         self.enabled = enabled
         self.tb = None
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise RuntimeError(
-                    "train.tensorboard=true needs TensorBoard: pip install 'motionrep[tensorboard]'"
-                ) from None
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
