@@ -84,3 +84,22 @@ def test_flow_probe_learns_and_finetune_leaves_the_model_untouched():
 def test_dis_baseline_scores_translations():
     res = FL.flow_dis(translated_pairs(3, 2))
     assert res.metrics["epe"] < 0.6 and res.predictions.shape == (3, 2, 32, 32)
+
+
+def test_midway_pair_features_stack_the_paper_token_maps():
+    from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig
+
+    vit = build_vit("vit-micro").eval()
+    cfg = MidwayDynamicsConfig(
+        levels=[2, 3, 4], motion_dim=16, midway_depth=1, midway_heads=2, forward_depth=2, forward_heads=2,
+        backward_heads=2, motion_tokens=2,
+    )  # fmt: skip
+    dyn = MidwayDynamics(cfg, vit.embed_dim, (4, 4)).eval()
+    pair = FL.MidwayPairFeatures(vit, dyn)
+    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = pair(a, b)
+        top = ViTFeatures(vit, tap=4)(a)
+    assert out.shape == (2, 3 * 64 + 16, 4, 4) and pair.dim == out.shape[1]
+    assert torch.allclose(out[:, :64], top, atol=1e-5)
+    assert not torch.allclose(out[:, -64:], out[:, -128:-64])  # two different prediction levels

@@ -43,6 +43,35 @@ class PairFeatures(nn.Module):
         return torch.cat(both.chunk(2), dim=1)
 
 
+class MidwayPairFeatures(nn.Module):
+    """Midway's flow decoder input (the paper's DPT token maps): for frames t → t+1, the encoder's top-level tokens
+    of frame t, the target-side tokens of the midway transformer at the highest objective level, and the forward
+    predictions at the highest and lowest objective levels, concatenated along channels as a ``(B, C, h, w)`` map.
+    """
+
+    def __init__(self, encoder: nn.Module, dynamics: nn.Module):
+        super().__init__()
+        self.encoder, self.dynamics = encoder, dynamics
+        self.levels = list(dynamics.config.levels)
+        self.stride = int(encoder.patch_size)
+        self.dim = 3 * int(encoder.embed_dim) + int(dynamics.config.motion_dim)
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        b = image1.shape[0]
+        h, w = self.encoder.grid_size(tuple(image1.shape[-2:]))
+        taps = self.encoder(torch.cat([image1, image2]), taps=self.levels)
+        source, target = [t[:b] for t in taps], [t[b:] for t in taps]
+        states = self.dynamics(source, target, grid_hw=(h, w)).states  # ascending objective levels
+        cls = int(self.dynamics.config.use_cls_token)
+        maps = [
+            source[-1][:, self.encoder.num_prefix_tokens :],
+            states[-1].midway_target[:, cls:],
+            states[-1].prediction[:, cls:],
+            states[0].prediction[:, cls:],
+        ]
+        return torch.cat([m.transpose(1, 2).reshape(b, -1, h, w) for m in maps], dim=1)
+
+
 class ResidualConvUnit(nn.Module):
     """DPT's residual unit: ``x + conv(relu(conv(relu(x))))``."""
 

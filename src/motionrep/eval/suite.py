@@ -75,6 +75,7 @@ class Model:
     encoder: nn.Module | None = None
     run_dir: Path | None = None
     train_steps: int | None = None
+    setup_seconds: float = 0.0  # time spent building the model (the supervised baseline's training)
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -254,9 +255,11 @@ def baseline_models(models: list[Model], cfg: SuiteConfig, data: EvalData, devic
             out.append(Model("dis", "dis"))
         elif name == "supervised" and arch is not None and data.seg_train is not None:
             steps = cfg.supervised_steps or max((m.train_steps or 0) for m in models) or cfg.seg_steps
+            t0 = time.perf_counter()
             enc = random_init(arch, cfg.seed).to(device)
             train_supervised(enc, data.seg_train, steps, seed=cfg.seed)
-            out.append(Model("supervised", "encoder", enc.eval(), train_steps=steps))
+            seconds = time.perf_counter() - t0
+            out.append(Model("supervised", "encoder", enc.eval(), train_steps=steps, setup_seconds=seconds))
     return out
 
 
@@ -395,7 +398,13 @@ def run_suite(
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        timing = {name: {k: round(v, 2) for k, v in r.seconds.items()} for name, r in results.items()}
+        setup = {m.name: m.setup_seconds for m in everything if m.setup_seconds}
+        timing = {
+            name: {
+                k: round(v, 2) for k, v in {**({"setup": setup[name]} if name in setup else {}), **r.seconds}.items()
+            }
+            for name, r in results.items()
+        }
         (out_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
         report.write_report(
             out_dir / "report.html",
