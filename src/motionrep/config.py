@@ -43,6 +43,7 @@ class TrainConfig:
     amp: bool = True  # fp16 autocast + GradScaler, on CUDA only (ignored on CPU)
     workers: int = 2  # data-loader worker processes per rank
     tensorboard: bool = False  # also write RUN_DIR/tb (needs the tensorboard extra)
+    find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no gradient in a step
 
 
 @dataclass

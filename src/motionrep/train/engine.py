@@ -234,9 +234,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     optimizer = build_optimizer(method.param_groups(), cfg.optim.betas)
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    model = (
-        DistributedDataParallel(method, device_ids=[device] if device.type == "cuda" else None) if world > 1 else method
-    )
+    model = method
+    if world > 1:
+        model = DistributedDataParallel(
+            method,
+            device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.train.find_unused_parameters,
+        )
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     logger = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
 
