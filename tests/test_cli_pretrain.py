@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 
 from typer.testing import CliRunner
 
@@ -15,21 +16,26 @@ from motionrep.train.logging import read_metrics
 runner = CliRunner()
 
 
-def test_pretrain_micro_few_steps(tmp_path):
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["pretrain", "micro", "train.steps=2", "train.device=cpu", "--out", str(run)])
+def test_pretrain_micro_and_exact_resume(tmp_path):
+    run, args = tmp_path / "run", ["pretrain", "micro", "train.device=cpu"]
+    result = runner.invoke(app, [*args, "--out", str(run)])
     assert result.exit_code == 0, result.output
-    assert "done: step 1" in result.output
+    assert "done: step 3" in result.output
     records = read_metrics(run)
-    assert [r["step"] for r in records] == [0, 1] and all(math.isfinite(r["loss"]) for r in records)
-    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "step_00000002.pt").is_file()
-    assert load_config(run / "config.yaml") == load_config("micro", ["train.steps=2", "train.device=cpu"])
-    again = runner.invoke(app, ["pretrain", "micro", "train.steps=2", "train.device=cpu", "--out", str(run)])
+    assert [r["step"] for r in records] == [0, 1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "step_00000002.pt", "step_00000004.pt"]
+    assert load_config(run / "config.yaml") == load_config("micro", ["train.device=cpu"])
+    again = runner.invoke(app, [*args, "--out", str(run)])
     assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
-    resumed = runner.invoke(
-        app, ["pretrain", "micro", "train.steps=2", "train.device=cpu", "--out", str(run), "--resume"]
-    )
-    assert resumed.exit_code == 0 and len(read_metrics(run)) == 2
+
+    # as if the run had died after its step-2 checkpoint: resuming reproduces steps 2 and 3 exactly
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    shutil.copy(cut / "checkpoints" / "step_00000002.pt", cut / "checkpoints" / "last.pt")
+    resumed = runner.invoke(app, [*args, "--out", str(cut), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [(r["step"], r["loss"]) for r in read_metrics(cut)] == [(r["step"], r["loss"]) for r in records]
 
 
 def test_dry_run_prints_config_and_param_counts(tmp_path):
