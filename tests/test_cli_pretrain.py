@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 
+import torch
 from typer.testing import CliRunner
 
 from motionrep.cli import app
@@ -64,3 +65,6 @@ def test_user_errors_are_clean(tmp_path):
     if importlib.util.find_spec("tensorboard") is None:
         tb = runner.invoke(app, ["pretrain", "micro", "train.tensorboard=true", "--out", str(tmp_path / "tb")])
         assert tb.exit_code == 1 and "motionrep[tensorboard]" in tb.output and not (tmp_path / "tb").exists()
+    if not torch.cuda.is_available():
+        cuda = runner.invoke(app, ["pretrain", "micro", "train.device=cuda", "--out", str(tmp_path / "c")])
+        assert cuda.exit_code == 1 and "CUDA is not available" in cuda.output

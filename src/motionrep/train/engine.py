@@ -221,6 +221,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     :class:`RunDirError`, :class:`DatasetError` and :class:`~motionrep.config.ConfigError`.
     """
     run_dir = Path(run_dir)
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={cfg.train.device} but CUDA is not available; use auto or cpu")
     info = dist.init_distributed(cfg.train.device)
     world, rank, device = info.world_size, info.rank, info.device
     if cfg.train.tensorboard and info.is_main:
