@@ -55,6 +55,8 @@ def test_user_errors_are_clean(tmp_path):
     bad_key = runner.invoke(app, ["pretrain", "micro", "train.stepz=3", "--out", str(tmp_path / "a")])
     assert bad_key.exit_code == 2 and "Valid keys of 'train'" in bad_key.output
     assert "Traceback" not in bad_key.output
+    bad_model = runner.invoke(app, ["pretrain", "micro", "model.name=vit-nope", "--dry-run"])
+    assert bad_model.exit_code == 2 and "unknown ViT preset" in bad_model.output
     no_out = runner.invoke(app, ["pretrain", "micro"])
     assert no_out.exit_code == 2 and "--out" in no_out.output
     missing = runner.invoke(

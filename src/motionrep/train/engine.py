@@ -113,9 +113,14 @@ class Schedules:
 
 
 def build_method(cfg: Config, device: torch.device | str = "cpu") -> Method:
-    """The configured method on ``device`` (weights seeded by ``train.seed``)."""
+    """The configured method on ``device`` (weights seeded by ``train.seed``); :class:`ConfigError` when the
+    config describes no valid model (e.g. an unknown encoder preset)."""
     seed_everything(cfg.train.seed)
-    return get_method(cfg.method.name)(cfg).to(device)
+    try:
+        method = get_method(cfg.method.name)(cfg)
+    except ValueError as e:
+        raise ConfigError(f"cannot build method {cfg.method.name!r}: {e}") from e
+    return method.to(device)
 
 
 def load_run(path: str | Path, device: torch.device | str = "cpu") -> Method:
