@@ -49,5 +49,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"done: step {last['step']}, loss {last['loss']:.4f}; run in {out}")
         except (ConfigError, engine.RunDirError, engine.DatasetError, engine.NonFiniteLossError) as e:
             _fail(str(e))
+        except KeyboardInterrupt:
+            _fail(f"interrupted; continue from the last checkpoint with: --out {out} --resume", code=130)
         finally:
             dist.cleanup()
