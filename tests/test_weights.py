@@ -387,3 +387,10 @@ def test_user_mistakes_are_clear(tmp_path):
         export_model(tmp_path / "odd.pth", tmp_path / "o.pt")
     with pytest.raises(WeightsError, match="not a motionrep export"):
         load_exported(tmp_path / "odd.pth")
+
+
+def test_swiglu_mlp_is_refused_by_key_name(tmp_path):
+    state = dino_vit().state_dict()
+    swiglu = {re.sub(r"mlp\.fc1\.", "mlp.w12.", k): v for k, v in state.items()}
+    with pytest.raises(WeightsError, match=r"missing keys: blocks\.0\.mlp\.fc1\.bias.*unexpected keys: .*mlp\.w12"):
+        load_encoder(save(swiglu, tmp_path / "g.pth"))

@@ -53,6 +53,7 @@ MIDWAY_HEADS = {"midway_heads": 3, "forward_heads": 6, "backward_heads": 6}
 
 _ANCHOR = "patch_embed.proj.weight"  # every ViT encoder has it; the text before it is the encoder's key prefix
 _HEAD_COMPONENTS = ("dino_head", "head")  # where DINO / DINOv2 / Midway keep their DINO projection head
+_COMPONENTS = (*_HEAD_COMPONENTS, "ibot_head")  # heads next to an unprefixed encoder
 _WRAPPERS = ("model", "state_dict")  # plain wrappers around a state dict (DINOv2 / generic training checkpoints)
 _BLOCK_CHUNK = re.compile(r"^blocks\.\d+\.(\d+)\.")  # DINOv2 training checkpoints: blocks.<chunk>.<block>.
 _MAX_NAMES = 30
@@ -226,7 +227,7 @@ def _split_encoder(state: dict[str, Tensor], prefer: str, where: str) -> tuple[d
             name, _, rest = rel.partition(".")
             if prefix and key.startswith(prefix):
                 encoder[key[len(prefix) :]] = value
-            elif not prefix and name not in _HEAD_COMPONENTS + ("ibot_head",):
+            elif not prefix and name not in _COMPONENTS:
                 encoder[key] = value
             else:
                 components.setdefault(name, {})[rest] = value
@@ -278,8 +279,13 @@ def _from_state_dict(obj: dict, weights: str, where: str) -> _Parts:
     encoder, notes = _normalise_encoder(encoder)
     head_name = next((n for n in _HEAD_COMPONENTS if n in components and _is_dino_head(components[n])), None)
     head = components.pop(head_name) if head_name else None
-    layout = (f"'{chosen}', " if chosen != "single" else "") + (f"prefix '{prefix}' stripped" if prefix else "")
-    layout = ", ".join(x for x in [layout.strip(", ") or "no prefix", *notes, head_name and f"{head_name} head"] if x)
+    steps = [
+        f"'{chosen}'" if chosen != "single" else None,
+        f"prefix '{prefix}' stripped" if prefix else "no prefix",
+        *notes,
+        f"{head_name} head" if head_name else None,
+    ]
+    layout = ", ".join(x for x in steps if x)
     ignored = sorted(others) + [f"{n} ({len(c)} tensors)" for n, c in sorted(components.items())]
     method = "dino" if head_name else "unknown"  # a DINO-family training checkpoint (DINO, DINOv2)
     info = WeightsInfo(where, "state-dict", method, chosen, layout, ignored)
@@ -386,9 +392,10 @@ def infer_vit_arch(state: Mapping[str, Tensor], num_heads: int | None = None, wh
     """:class:`VisionTransformer` keyword arguments read off an encoder state dict in the project's layout.
 
     Heads come from ``num_heads`` or :data:`HEADS_BY_WIDTH`; the native image size is the position embedding's
-    grid (``1 + g²`` rows) times the patch size.
+    grid (``1 + g²`` rows) times the patch size. Keys it cannot use (e.g. a SwiGLU MLP) are left for the strict
+    load to name.
     """
-    _require(state, [_ANCHOR, "pos_embed", "blocks.0.mlp.fc1.weight"], "encoder", where)
+    _require(state, [_ANCHOR, "pos_embed"], "encoder", where)
     proj = state[_ANCHOR]
     width, patch = proj.shape[0], proj.shape[-1]
     rows = state["pos_embed"].shape[1] - 1
@@ -408,7 +415,7 @@ def infer_vit_arch(state: Mapping[str, Tensor], num_heads: int | None = None, wh
         embed_dim=width,
         depth=_num_blocks(state),
         num_heads=heads,
-        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / width if "blocks.0.mlp.fc1.weight" in state else 4.0,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         layer_scale=1e-5 if "blocks.0.ls1.gamma" in state else None,
         num_register_tokens=0 if registers is None else registers.shape[1],
