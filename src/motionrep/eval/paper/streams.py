@@ -1,0 +1,262 @@
+"""Streaming data for the paper protocols: map-style datasets read item by item, rank sharding, seeded samplers.
+
+* Segmentation items are ``(image uint8 (3, H, W), label int64 (H, W))``; a dataset also carries ``class_names``
+  and ``ignore_index``. :class:`SegFiles` reads image/label file pairs (VOC, ADE20K, Cityscapes layouts:
+  :func:`seg_files`); :class:`SegSetItems` wraps an in-memory :class:`~motionrep.data.labeled.SegSet` (the
+  synthetic world).
+* Video items are ``(frames uint8 (T, 3, H, W), masks int64 (T, H, W))``: :class:`ClipFiles` (DAVIS-2017 through
+  :func:`motionrep.data.catalog.davis2017`) and :class:`ClipItems` (in-memory clips).
+* :class:`GlobalBatchSampler` draws every step's *global* batch from one seeded generator and yields this rank's
+  contiguous share, so N ranks see exactly the samples one rank would (the basis of the 2-ranks = 1-rank tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from motionrep.data.catalog import DatasetLayoutError, davis2017
+from motionrep.data.flow_datasets import read_image
+from motionrep.data.flowio import read_label_png
+from motionrep.data.labeled import Clip, SegSet
+from motionrep.train import dist
+
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]  # fmt: skip
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]  # fmt: skip
+# Cityscapes labelIds -> trainIds (19 evaluated classes, 255 elsewhere), from the official cityscapesScripts table.
+_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+
+SEG_LAYOUTS = {
+    "voc": "ROOT/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass[Aug]/<id>.png, "
+    "ImageSets/Segmentation/<split>.txt} (or ROOT = the VOC2012 folder)",
+    "ade20k": "ROOT/ADEChallengeData2016/{images,annotations}/{training,validation}/<id>.{jpg,png}",
+    "cityscapes": "ROOT/{leftImg8bit,gtFine}/<split>/<city>/<id>_{leftImg8bit,gtFine_labelIds}.png",
+}
+
+
+class SegFiles(Dataset):
+    """Image / label-map file pairs; ``lut`` (256 entries) maps stored label values to class ids (255 = ignore)."""
+
+    def __init__(
+        self,
+        images: Sequence[Path],
+        labels: Sequence[Path],
+        class_names: list[str],
+        ignore_index: int = 255,
+        lut: np.ndarray | None = None,
+    ):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} label maps")
+        self.images, self.labels = list(images), list(labels)
+        self.class_names, self.ignore_index, self.lut = class_names, ignore_index, lut
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        label = read_label_png(self.labels[i])
+        if self.lut is not None:
+            label = self.lut[label]
+        image = read_image(self.images[i])
+        if tuple(image.shape[1:]) != label.shape:
+            raise ValueError(f"{self.images[i]} and {self.labels[i]} differ in size")
+        return image, torch.from_numpy(label.astype(np.int64))
+
+
+class SegSetItems(Dataset):
+    """An in-memory :class:`SegSet` as a segmentation dataset."""
+
+    def __init__(self, data: SegSet):
+        self.data = data
+        self.class_names, self.ignore_index = data.class_names, data.ignore_index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.images[i], self.data.labels[i]
+
+
+def _ids(split_file: Path) -> list[str]:
+    if not split_file.is_file():
+        raise DatasetLayoutError(f"missing split file {split_file}")
+    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+
+
+def _require(paths: list[Path], name: str) -> list[Path]:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetLayoutError(f"{name}: {len(missing)} listed file(s) missing, e.g. {missing[0]}")
+    return paths
+
+
+def seg_files(name: str, root: str | Path, split: str) -> SegFiles:
+    """A segmentation dataset in its on-disk layout (:data:`SEG_LAYOUTS`): ``voc`` (splits ``train``, ``val``,
+    ``trainaug`` with ``SegmentationClassAug``), ``ade20k`` (``training``, ``validation``; 150 classes, label 0
+    ignored) or ``cityscapes`` (``train``, ``val``; labelIds mapped to the 19 trainIds)."""
+    root = Path(root)
+    if name not in SEG_LAYOUTS:
+        raise ValueError(f"unknown segmentation dataset {name!r}; choose from {', '.join(SEG_LAYOUTS)}")
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{name}: no directory {root}; expected {SEG_LAYOUTS[name]}")
+    if name == "voc":
+        base = next((b for b in (root / "VOCdevkit" / "VOC2012", root) if (b / "JPEGImages").is_dir()), None)
+        if base is None:
+            raise DatasetLayoutError(f"voc: no JPEGImages under {root}; expected {SEG_LAYOUTS['voc']}")
+        ids = _ids(base / "ImageSets" / "Segmentation" / f"{split}.txt")
+        label_dir = base / ("SegmentationClassAug" if split == "trainaug" else "SegmentationClass")
+        images = _require([base / "JPEGImages" / f"{i}.jpg" for i in ids], "voc")
+        return SegFiles(images, _require([label_dir / f"{i}.png" for i in ids], "voc"), VOC_CLASSES)
+    if name == "ade20k":
+        base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+        images = sorted((base / "images" / split).glob("*.jpg"))
+        if not images:
+            raise DatasetLayoutError(f"ade20k: no images in {base / 'images' / split}; expected {SEG_LAYOUTS[name]}")
+        labels = _require([base / "annotations" / split / f"{p.stem}.png" for p in images], "ade20k")
+        lut = np.arange(256, dtype=np.int64) - 1  # 0 ("other") -> ignore, 1..150 -> 0..149
+        lut[0] = 255
+        return SegFiles(images, labels, [f"class{i}" for i in range(150)], 255, lut)
+    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise DatasetLayoutError(
+            f"cityscapes: no images in {root / 'leftImg8bit' / split}; expected {SEG_LAYOUTS[name]}"
+        )
+    labels = [
+        root / "gtFine" / split / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+        for p in images
+    ]
+    lut = np.full(256, 255, dtype=np.int64)
+    lut[list(_CITYSCAPES_TRAIN_IDS)] = list(_CITYSCAPES_TRAIN_IDS.values())
+    return SegFiles(images, _require(labels, "cityscapes"), CITYSCAPES_CLASSES, 255, lut)
+
+
+class ClipItems(Dataset):
+    """In-memory clips (:class:`~motionrep.data.labeled.Clip`) as a video dataset with ``num_classes`` labels."""
+
+    def __init__(self, clips: Sequence[Clip], num_classes: int, ignore_index: int = 255):
+        self.clips, self.num_classes, self.ignore_index = list(clips), num_classes, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.clips[i].frames, self.clips[i].masks
+
+
+class ClipFiles(Dataset):
+    """DAVIS-2017 sequences (``JPEGImages/<res>/<seq>/*.jpg``, ``Annotations/<res>/<seq>/*.png`` palette masks of
+    object ids, 0 = background), read one clip at a time; at most ``max_frames`` evenly spaced frames per clip.
+    ``num_classes`` is the largest object id + 1 over the listed clips (read from the masks once)."""
+
+    def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p", max_frames: int | None = None):
+        catalog = davis2017(root, split, resolution)
+        self.entries = [e for e in catalog.entries if e.annotations is not None]
+        if not self.entries:
+            raise DatasetLayoutError(f"davis2017: no sequence of {split} has annotations under {root}")
+        self.max_frames, self.ignore_index = max_frames, 255
+        self.num_classes = 1 + max(int(read_label_png(m).max()) for e in self.entries for m in self._masks(e)[:1])
+        self.num_classes = max(self.num_classes, 2)
+
+    def _masks(self, entry) -> list[Path]:
+        return [entry.annotations / f"{f.stem}.png" for f in entry.files]
+
+    def _frames(self, entry) -> list[int]:
+        n = len(entry.files)
+        if self.max_frames is None or n <= self.max_frames:
+            return list(range(n))
+        return np.linspace(0, n - 1, self.max_frames).round().astype(int).tolist()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.entries[i]
+        keep = self._frames(entry)
+        frames = torch.stack([read_image(entry.files[t]) for t in keep])
+        masks = np.stack([read_label_png(self._masks(entry)[t]) for t in keep]).astype(np.int64)
+        masks[masks >= self.num_classes] = self.ignore_index
+        return frames, torch.from_numpy(masks)
+
+
+def shard_indices(n: int) -> list[int]:
+    """This rank's contiguous share of ``range(n)`` (:func:`motionrep.train.dist.shard`)."""
+    part = dist.shard(n)
+    return list(range(part.start, part.stop))
+
+
+def shard_loader(dataset: Dataset, workers: int = 0, collate=None) -> DataLoader:
+    """One item at a time over this rank's shard, in order (items may differ in size)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=shard_indices(len(dataset)),
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=False,
+    )
+
+
+def iterate_shard(dataset: Dataset, workers: int = 0, desc: str = "items") -> Iterator[tuple[int, Any]]:
+    """``(global index, item)`` over this rank's shard in order, with a progress bar on rank 0 (TTY only)."""
+    loader = shard_loader(dataset, workers)
+    yield from zip(loader.sampler, tqdm(loader, desc=desc, disable=not dist.is_main() or None), strict=True)
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """``steps`` global batches of ``batch_size`` indices drawn with replacement from ``range(n)`` by one seeded
+    generator; each yielded batch is this rank's contiguous share, as ``(index, per-sample seed)`` pairs."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int = 0):
+        if n < 1:
+            raise ValueError("cannot sample training batches from an empty dataset")
+        if batch_size % dist.world_size():
+            raise ValueError(f"batch size {batch_size} is not divisible by the {dist.world_size()} ranks")
+        self.n, self.batch_size, self.steps, self.seed = n, batch_size, steps, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        mine = dist.shard(self.batch_size)
+        for _ in range(self.steps):
+            idx = torch.randint(self.n, (self.batch_size,), generator=gen)
+            seeds = torch.randint(2**31 - 1, (self.batch_size,), generator=gen)
+            yield list(zip(idx[mine].tolist(), seeds[mine].tolist(), strict=True))
+
+
+def fit_pca(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """StandardScaler + PCA fitted on rows ``x (N, D)``: ``(mean (D,), std (D,), basis (D, d))``; apply with
+    :func:`apply_pca`. ``dim`` ``None`` or ``>= D`` keeps all standardised dimensions (identity basis)."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    if dim is None or dim >= x.shape[1]:
+        return mean, std, torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    _, _, vh = torch.linalg.svd(z.T @ z / max(len(z) - 1, 1))
+    return mean, std, vh[:dim].T.contiguous()
+
+
+def apply_pca(x: torch.Tensor, fitted: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    mean, std, basis = fitted
+    return ((x - mean) / std) @ basis
