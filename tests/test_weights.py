@@ -394,3 +394,16 @@ def test_swiglu_mlp_is_refused_by_key_name(tmp_path):
     swiglu = {re.sub(r"mlp\.fc1\.", "mlp.w12.", k): v for k, v in state.items()}
     with pytest.raises(WeightsError, match=r"missing keys: blocks\.0\.mlp\.fc1\.bias.*unexpected keys: .*mlp\.w12"):
         load_encoder(save(swiglu, tmp_path / "g.pth"))
+
+
+def test_half_precision_and_plain_safetensors_files(tmp_path):
+    from safetensors.torch import save_file
+
+    ref = dinov2_vit(registers=4)
+    half = {k: v.half() for k, v in ref.state_dict().items()}
+    enc = load_encoder(save(half, tmp_path / "fp16.pth"))
+    assert enc.pos_embed.dtype == torch.float32 and torch.equal(enc.pos_embed, half["pos_embed"].float())
+    save_file({f"backbone.{k}": v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "b.safetensors")
+    got = load_weights(tmp_path / "b.safetensors")
+    assert got.info.format == "state-dict" and "backbone." in got.info.layout
+    assert_same(got.encoder, ref)
