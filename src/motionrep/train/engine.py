@@ -254,18 +254,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     start = 0
     seed_everything(cfg.train.seed + rank)
     if resume:
-        state = load_checkpoint(ckpts.last)  # on CPU: RNG states must stay there
-        if state["world_size"] != world:
-            raise RunDirError(
-                f"--resume: {ckpts.last} was written by {state['world_size']} process(es); resume with the same "
-                f"number (got {world}) so that data order and RNG streams continue exactly"
-            )
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"][rank])
-        start = state["step"]
+        start = _restore(ckpts.last, method, optimizer, scaler, loader)
         logger.truncate_after(start - 1)
 
     stream = _BatchStream(loader)
@@ -291,18 +280,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
             bar.update(1)
 
             if step % cfg.train.log_every == 0 or step == sched.total - 1:
-                elapsed = time.perf_counter() - window_start
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {
                     "step": step,
                     **terms,
                     "lr": sched.lr(step),
                     "wd": sched.weight_decay(step),
                     "momentum": momentum,
-                    "samples_per_s": window_steps * cfg.train.batch_size / max(elapsed, 1e-9),
-                    "data_time_frac": stream.wait / max(elapsed, 1e-9),
+                    "samples_per_s": window_steps * cfg.train.batch_size / elapsed,
+                    "data_time_frac": stream.wait / elapsed,
+                    "skipped_videos": int(dist.all_reduce_sum(torch.tensor(float(loader.skip_events)))),
                 }
-                if hasattr(loader, "skip_events"):
-                    record["skipped_videos"] = int(dist.all_reduce_sum(torch.tensor(float(loader.skip_events))))
                 logger.log(record)
                 bar.set_postfix(
                     loss=f"{terms['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}"
@@ -319,6 +307,22 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
         bar.close()
         logger.close()
     return record
+
+
+def _restore(path: Path, method: Method, optimizer, scaler, loader) -> int:
+    """Load a checkpoint written by a run with the same world size; returns the optimiser steps already done."""
+    state = load_checkpoint(path)  # on CPU: RNG states must stay there
+    if state["world_size"] != dist.world_size():
+        raise RunDirError(
+            f"--resume: {path} was written by {state['world_size']} process(es); resume with the same number "
+            f"(got {dist.world_size()}) so that data order and RNG streams continue exactly"
+        )
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"][dist.rank()])
+    return state["step"]
 
 
 def _accumulate(model, method, stream, scaler, step, accum, device, use_amp, ckpts) -> dict[str, float]:
