@@ -1,7 +1,8 @@
 """MoSiC training-step throughput on this machine (CPU by default) for a preset, per method variant.
 
 One optimiser step = forward (student + teacher + Sinkhorn + loss), backward, AdamW, EMA update, on one fixed batch
-of ``train.batch_size`` clips from the preset's own dataset (data loading is timed separately, once per clip).
+of ``train.batch_size`` clips from the preset's own dataset (data loading is timed separately, once per clip). The
+variants run round robin, one step each per round, so that load changes of a shared machine hit them alike.
 Weights are random (``method.init`` is ignored): the cost does not depend on them.
 
     python benchmarks/bench_mosic.py --config mosic-synth-tiny --threads 2 --steps 6 --out bench_mosic.json
@@ -19,6 +20,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from motionrep.config import load_config
 from motionrep.methods.mosic import MoSiC
@@ -34,23 +36,32 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def time_steps(method: MoSiC, batch, steps: int, warmup: int, momentum: float) -> list[float]:
-    """Wall-clock seconds of each timed optimiser step (after ``warmup`` untimed steps)."""
-    optimizer = build_optimizer(method.param_groups(), (0.9, 0.999))
-    apply_schedules(optimizer, 1e-4, 0.01)
-    method.train()
-    times = []
-    for i in range(warmup + steps):
+class StepRunner:
+    """One variant's method and optimiser; :meth:`step` runs and times one optimiser step."""
+
+    def __init__(self, method: MoSiC, momentum: float):
+        self.method = method.train()
+        self.momentum = momentum
+        self.optimizer = build_optimizer(method.param_groups(), (0.9, 0.999))
+        apply_schedules(self.optimizer, 1e-4, 0.01)
+        self.times: list[float] = []
+
+    def step(self, batch, index: int, record: bool) -> None:
         start = time.perf_counter()
-        loss = method.training_step(batch, i)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        for student, teacher in method.ema_pairs():
-            ema_update(student, teacher, momentum)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        self.method.training_step(batch, index)["loss"].backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for student, teacher in self.method.ema_pairs():
+            ema_update(student, teacher, self.momentum)
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+    def gflop(self, batch) -> float:
+        """Forward + backward GFLOP of one step (PyTorch's FLOP counter: matmuls, convolutions, attention)."""
+        with FlopCounterMode(display=False) as counter:
+            self.method.training_step(batch, 0)["loss"].backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
@@ -82,18 +93,24 @@ def main() -> None:
         "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "variants": {},
     }
+    runners = {}
     for name in args.variants:
         cfg = load_config(args.config, ["method.init=null", *VARIANTS[name]])
         torch.manual_seed(0)
-        method = MoSiC(cfg)
-        times = time_steps(method, batch, args.steps, args.warmup, cfg.ema.momentum)
-        median = statistics.median(times)
+        runners[name] = StepRunner(MoSiC(cfg), cfg.ema.momentum)
+    for index in range(args.warmup + args.steps):  # round robin: load changes hit every variant alike
+        for runner in runners.values():
+            runner.step(batch, index, record=index >= args.warmup)
+    for name, runner in runners.items():
+        median = statistics.median(runner.times)
         results["variants"][name] = {
+            "gflop_per_step": round(runner.gflop(batch), 2),
             "s_per_step_median": round(median, 4),
-            "s_per_step_min": round(min(times), 4),
-            "clips_per_s": round(cfg.train.batch_size / median, 2),
+            "s_per_step_min": round(min(runner.times), 4),
+            "clips_per_s_median": round(base.train.batch_size / median, 2),
         }
-        print(f"{name:58s} {median:.3f} s/step  {cfg.train.batch_size / median:6.1f} clips/s", flush=True)
+        gflop = results["variants"][name]["gflop_per_step"]
+        print(f"{name:58s} {gflop:7.1f} GFLOP, median {median:.3f} s/step, min {min(runner.times):.3f} s", flush=True)
     print(json.dumps(results, indent=2))
     if args.out:
         with open(args.out, "w") as f:
