@@ -319,7 +319,7 @@ def test_cli_training_reduces_the_loss_and_resumes_exactly(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     losses = [r["loss"] for r in read_metrics(run)]
-    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    assert len(losses) == 12 and sum(losses[6:]) < 0.95 * sum(losses[:6])  # second half below the first
     # resume from the step-11 checkpoint: the last step is reproduced bit for bit
     ckpts = run / "checkpoints"
     reference = load_checkpoint(ckpts / "last.pt")
