@@ -17,8 +17,8 @@ def register(app: typer.Typer) -> None:
         dynamics: bool = typer.Option(False, "--dynamics", help="Also export Midway's dynamics modules."),
         weights: str = typer.Option("teacher", help="Encoder of a training checkpoint: teacher (EMA) or student."),
     ) -> None:
-        """Export the encoder (and optionally Midway's dynamics) to safetensors; load it back with
-        ``motionrep.models.weights.load_encoder(FILE)`` or use it with ``motionrep eval``."""
+        """Export the encoder (and optionally Midway's dynamics) to safetensors with a JSON config; load it back
+        with motionrep.models.weights.load_encoder(FILE)."""
         from motionrep.models.weights import WeightsError, export_model
 
         try:
