@@ -327,6 +327,7 @@ def test_motionrep_run_export_roundtrip(tmp_path):
     export_model(run, out, include_dynamics=True, weights="student")
     back = load_exported(out)
     assert back.info.weights == "student" and back.info.method == "midway"
+    assert back.info.train_steps == got.info.train_steps == 8
     assert_same(back.encoder, method.encoder)
     assert_same_outputs(back.encoder, method.encoder, 32)
     assert_same(back.dynamics, method.dynamics)

@@ -70,7 +70,8 @@ class WeightsInfo:
     ``format``: ``motionrep-export``, ``motionrep-checkpoint``, ``midway-official`` or ``state-dict``; ``method``:
     the training method when known (``midway``, ``dino``, ``mosic``, ...) else ``unknown``; ``weights``: which
     encoder was taken (``teacher`` / ``student``, ``single`` for files holding one); ``layout``: what was stripped
-    or renamed; ``ignored``: components of the file that were not imported (e.g. ``optimizer``, ``ibot_head``).
+    or renamed; ``ignored``: components of the file that were not imported (e.g. ``optimizer``, ``ibot_head``);
+    ``train_steps``: the run's ``train.steps`` for motionrep checkpoints and their exports.
     """
 
     path: str
@@ -79,6 +80,7 @@ class WeightsInfo:
     weights: str
     layout: str
     ignored: list[str] = field(default_factory=list)
+    train_steps: int | None = None
 
     def describe(self) -> str:
         text = f"{self.format} {self.path} ({self.method}, {self.weights} encoder; {self.layout})"
@@ -465,7 +467,15 @@ def _from_motionrep(obj: dict, weights: str, where: str) -> _Parts:
     head_prefix = "dino.teacher_head." if chosen == "teacher" else "dino.head."
     parts = _Parts(
         _strip(method, prefix),
-        WeightsInfo(where, "motionrep-checkpoint", cfg.method.name, chosen, f"{prefix}* of the method state"),
+        WeightsInfo(
+            where,
+            "motionrep-checkpoint",
+            cfg.method.name,
+            chosen,
+            f"{prefix}* of the method state",
+            [],
+            cfg.train.steps,
+        ),
         arch=arch,
         head=_strip(method, head_prefix) or None,
     )
@@ -501,6 +511,7 @@ def _from_export(tensors: dict[str, Tensor], metadata: dict[str, str], where: st
         config.get("method", "unknown"),
         config.get("weights", "single"),
         f"exported from {config.get('source', '?')}",
+        train_steps=config.get("train_steps"),
     )
     parts = _Parts(_strip(tensors, "encoder."), info, arch=dict(arch))
     if config.get("dynamics"):
@@ -703,6 +714,7 @@ def export_model(
         "weights": loaded.info.weights,
         "source": loaded.info.path,
         "source_format": loaded.info.format,
+        "train_steps": loaded.info.train_steps,
         "encoder": encoder_arch(loaded.encoder),
         "dynamics": None,
     }
