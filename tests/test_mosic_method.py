@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 import motionrep.methods.mosic as mosic
 from distributed import run_ranks
 from motionrep.cli import app
-from motionrep.config import Config, ModelConfig, load_config
-from motionrep.methods.mosic import MoSiC, MoSiCConfig, load_encoder_weights
+from motionrep.config import Config, ConfigError, ModelConfig, load_config
+from motionrep.methods.mosic import MoSiC, MoSiCConfig
 from motionrep.models.vit import build_vit, resample_pos_embed
 from motionrep.ops.ema import ema_update
 from motionrep.ops.points import grid_points
@@ -253,50 +253,39 @@ def test_bad_input_shapes_are_reported():
         make().compute_losses(frames, tracks, visible[..., :3], in_crop)
 
 
-def test_init_from_official_layout_and_motionrep_checkpoint(tmp_path):
+def test_init_from_an_official_backbone_resamples_the_position_grid(tmp_path):
     source = build_vit("vit-micro", img_size=64)  # 8 x 8 position grid, resampled to the encoder's 4 x 4
-    official = {"teacher": {f"backbone.{k}": v for k, v in source.state_dict().items()} | {"head.w": torch.ones(1)}}
-    torch.save(official, tmp_path / "dino.pth")
-    model = make(init=str(tmp_path / "dino.pth"))
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    model = make(init=str(tmp_path / "backbone.pth"))
     assert torch.equal(model.encoder.blocks[2].mlp.fc1.weight, source.blocks[2].mlp.fc1.weight)
     resampled = resample_pos_embed(source.pos_embed.detach(), (8, 8), (S, S), antialias=True)
     assert torch.allclose(model.encoder.pos_embed, resampled)
     assert torch.equal(model.teacher_encoder.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
+
+
+def test_init_from_a_motionrep_run_takes_the_teacher_encoder_by_default(tmp_path):
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    student = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    teacher = {f"teacher_encoder.{k}": v + 1.0 for k, v in model.encoder.state_dict().items()}
-    torch.save({"step": 3, "method": student | teacher | {"head.x": torch.ones(1)}}, run / "checkpoints" / "last.pt")
-    from_teacher = make(init=str(run))  # the teacher by default, as the evaluation suite scores it
-    assert torch.equal(from_teacher.encoder.pos_embed, model.encoder.pos_embed + 1.0)
-    assert from_teacher.init_source.startswith("motionrep checkpoint (teacher_encoder)")
+    args = ["pretrain", "mosic-micro", "--out", str(run), "train.steps=1", "optim.lr=0.1", "method.mask_ratio=0"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["method"]
+    key = "blocks.3.mlp.fc2.weight"
+    assert not torch.equal(state[f"encoder.{key}"], state[f"teacher_encoder.{key}"])
+    from_teacher = make(init=str(run))  # what the evaluation suite scores by default
+    assert torch.equal(from_teacher.encoder.state_dict()[key], state[f"teacher_encoder.{key}"])
     from_student = make(init=str(run / "checkpoints" / "last.pt"), init_weights="student")
-    assert torch.equal(from_student.encoder.pos_embed, model.encoder.pos_embed)
-    torch.save({"step": 3, "method": student}, run / "checkpoints" / "last.pt")  # a method without EMA teacher
-    assert torch.equal(make(init=str(run)).encoder.pos_embed, model.encoder.pos_embed)
+    assert torch.equal(from_student.encoder.state_dict()[key], state[f"encoder.{key}"])
 
 
-def test_init_from_dinov2_training_block_chunks(tmp_path):
-    source = build_vit("vit-micro")
-    chunked = {
-        f"backbone.{k.replace('blocks.', 'blocks.0.', 1) if k.startswith('blocks.') else k}": v
-        for k, v in source.state_dict().items()
-    }
-    torch.save({"model": chunked}, tmp_path / "dinov2_train.pth")
-    encoder = build_vit("vit-micro")
-    assert load_encoder_weights(encoder, tmp_path / "dinov2_train.pth").startswith("official state dict")
-    assert all(torch.equal(v, source.state_dict()[k]) for k, v in encoder.state_dict().items())
-
-
-def test_init_reports_missing_and_unexpected_keys_by_name(tmp_path):
+def test_init_problems_are_config_errors_naming_the_keys(tmp_path):
     state = build_vit("vit-micro").state_dict()
     del state["norm.weight"]
-    state["blocks.9.extra"] = torch.zeros(1)
+    state["blocks.1.extra"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"missing keys: norm\.weight.*unexpected keys: blocks\.9\.extra"):
-        load_encoder_weights(build_vit("vit-micro"), tmp_path / "bad.pth")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        load_encoder_weights(build_vit("vit-micro"), tmp_path)
+    with pytest.raises(ConfigError, match=r"method\.init.*norm\.weight") as err:
+        make(init=str(tmp_path / "bad.pth"))
+    assert "blocks.1.extra" in str(err.value)
+    with pytest.raises(ConfigError, match="method.init"):
+        make(init=str(tmp_path / "missing.pth"))
 
 
 def test_presets_load_and_the_clip_dataset_feeds_the_method():

@@ -8,11 +8,8 @@ prototypes train.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,7 +33,8 @@ from motionrep.methods.mosic_core import (
     weighted_loss,
 )
 from motionrep.models.heads import MLPProjector
-from motionrep.models.vit import VisionTransformer, build_vit, resample_pos_embed
+from motionrep.models.vit import build_vit
+from motionrep.models.weights import load_encoder_into
 from motionrep.ops.ema import make_teacher
 from motionrep.train.optim import decay_groups
 
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
 SAMPLING_MODES = ("token", "bilinear")
 INIT_WEIGHTS = ("teacher", "student")
 TRACKER_NAMES = ("ground_truth", "gt", "dis", "lk", "cotracker")
-_BLOCK_CHUNK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 
 
 @dataclass
@@ -135,83 +132,6 @@ class MoSiCConfig(MethodConfig):
             raise ValueError(f"method.trainable_blocks must be a positive integer or 'all', got {tb!r}")
 
 
-def _encoder_state(obj: Any, source: Path, weights: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The encoder state dict inside a loaded checkpoint, and what kind of checkpoint it was."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{source}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-    if isinstance(obj.get("method"), dict):  # a motionrep training checkpoint
-        method = obj["method"]
-        prefixes = ("teacher_encoder.", "encoder.") if weights == "teacher" else ("encoder.",)
-        prefix = next((p for p in prefixes if any(k.startswith(p) for k in method)), None)
-        if prefix is None:
-            raise ValueError(f"{source}: the motionrep checkpoint holds no {' or '.join(prefixes)}* weights")
-        state = {k.removeprefix(prefix): v for k, v in method.items() if k.startswith(prefix)}
-        return state, f"motionrep checkpoint ({prefix.rstrip('.')})"
-    wrappers = ("teacher", "student") if weights == "teacher" else ("student", "teacher")
-    for wrapper in (*wrappers, "model", "state_dict"):  # official training checkpoints wrap the weights
-        if isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if any(k.startswith("backbone.") for k in state):  # DINO: backbone.* next to head.*
-        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    state = {_BLOCK_CHUNK.sub(r"blocks.\1.", k): v for k, v in state.items()}  # DINOv2 training block chunks
-    return state, "official state dict"
-
-
-def load_encoder_weights(encoder: VisionTransformer, path: str | Path, weights: str = "teacher") -> str:
-    """Load pretrained encoder weights into ``encoder`` with strict key checks; returns a description of the source.
-
-    ``path``: a motionrep run directory (``checkpoints/last.pt``) or checkpoint file — ``weights="teacher"``: its EMA
-    teacher encoder when the method has one (what the evaluation suite scores by default), else ``encoder.*`` — or
-    an official DINO / DINOv2 state dict (``.pth`` or ``.safetensors``; inside ``teacher`` / ``student`` / ``model``
-    / ``state_dict`` when wrapped; ``module.`` and ``backbone.`` prefixes stripped; DINOv2 block chunks renamed; see
-    ``docs/models.md``). A position embedding of another square grid is resampled once to the encoder's native grid
-    (bicubic with antialiasing, as timm does for MoSiC's backbones). Missing, unexpected or mis-shaped keys raise a
-    ``ValueError`` naming them.
-    """
-    source = Path(path)
-    if source.is_dir():
-        candidates = [source / "checkpoints" / "last.pt", source / "last.pt"]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise FileNotFoundError(f"{source}: no checkpoint found (looked for {', '.join(map(str, candidates))})")
-        source = found[0]
-    if not source.is_file():
-        raise FileNotFoundError(f"initial weights not found: {source}")
-    if source.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj = load_file(str(source))
-    else:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    if weights not in INIT_WEIGHTS:
-        raise ValueError(f"weights must be one of {INIT_WEIGHTS}, got {weights!r}")
-    state, kind = _encoder_state(obj, source, weights)
-    expected = encoder.state_dict()
-    pos = state.get("pos_embed")
-    if pos is not None and pos.shape != expected["pos_embed"].shape and pos.dim() == 3:
-        side = math.isqrt(pos.shape[1] - 1)
-        if side * side + 1 == pos.shape[1]:
-            state["pos_embed"] = resample_pos_embed(pos, (side, side), encoder.pos_grid, antialias=True)
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    )
-    problems = [
-        f"{label}: {', '.join(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
-        if keys
-    ]
-    if problems:
-        raise ValueError(f"{source} does not fit the encoder ({kind}); " + "; ".join(problems))
-    encoder.load_state_dict(state)
-    return f"{kind} {source}"
-
-
 def trainable_block_ids(depth: int, cfg: MoSiCConfig) -> list[int] | None:
     """Indices of the backbone blocks that train (``None``: the whole backbone, ``trainable_blocks: all``).
 
@@ -249,7 +169,7 @@ class MoSiC(Method):
         self.init_source = "random"
         if mc.init:
             try:
-                self.init_source = load_encoder_weights(encoder, mc.init, mc.init_weights)
+                self.init_source = load_encoder_into(encoder, mc.init, mc.init_weights)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"method.init: {e}") from None
         self.encoder = encoder
