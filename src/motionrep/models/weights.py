@@ -473,8 +473,7 @@ def _from_motionrep(obj: dict, weights: str, where: str) -> _Parts:
             cfg.method.name,
             chosen,
             f"{prefix}* of the method state",
-            [],
-            cfg.train.steps,
+            train_steps=cfg.train.steps,
         ),
         arch=arch,
         head=_strip(method, head_prefix) or None,
@@ -521,7 +520,7 @@ def _from_export(tensors: dict[str, Tensor], metadata: dict[str, str], where: st
     return parts
 
 
-def read_parts(path: str | Path, weights: str = "teacher", dynamics_overrides: Mapping[str, Any] = ()) -> _Parts:
+def _read_parts(path: str | Path, weights: str = "teacher", dynamics_overrides: Mapping[str, Any] = ()) -> _Parts:
     """Read any supported file into state dicts in the project's key layout (no modules built yet)."""
     if weights not in WEIGHTS:
         raise WeightsError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -617,7 +616,7 @@ def load_weights(
     of a width missing from :data:`HEADS_BY_WIDTH`. ``dynamics_overrides``: :class:`MidwayDynamicsConfig` fields
     that the weights of an official Midway checkpoint cannot tell (e.g. heads when it has no ``args``).
     """
-    parts = read_parts(path, weights, dynamics_overrides)
+    parts = _read_parts(path, weights, dynamics_overrides)
     where = parts.info.path
     arch = parts.arch or infer_vit_arch(parts.encoder, num_heads, where)
     native = _grid(arch["img_size"], arch["patch_size"])
@@ -676,7 +675,7 @@ def load_encoder_into(encoder: VisionTransformer, path: str | Path, weights: str
     """Load an encoder's weights from any supported file into an existing ``encoder`` (strict keys and shapes);
     a position embedding of another grid is resampled to the encoder's native grid with antialiasing (timm's
     checkpoint behaviour). Returns a description of the source."""
-    parts = read_parts(path, weights)
+    parts = _read_parts(path, weights)
     where = parts.info.path
     arch = parts.arch or {"img_size": None, "patch_size": encoder.patch_size}
     pos = parts.encoder.get("pos_embed")
