@@ -166,9 +166,10 @@ def test_dinov2_training_checkpoint_block_chunks(tmp_path):
     student, teacher = dinov2_vit(0), dinov2_vit(1)
 
     def chunked(vit: VisionTransformer, prefix: str) -> dict:
+        """DINOv2 ``block_chunks``: block N inside chunk N // 2 keeps its global index, ``blocks.<chunk>.<N>.``."""
         out = prefixed(vit, prefix)
         return {
-            re.sub(r"blocks\.(\d+)\.", lambda m: f"blocks.{int(m.group(1)) // 1}.{m.group(1)}.", k): v
+            re.sub(r"blocks\.(\d+)\.", lambda m: f"blocks.{int(m.group(1)) // 2}.{m.group(1)}.", k): v
             for k, v in out.items()
         }
 
