@@ -22,7 +22,8 @@ from torch import nn
 
 
 def _norm(width: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, width), width)
+    """GroupNorm with 32 groups (fewer for narrow layers: at least 8 channels per group, so 1x1 maps normalise)."""
+    return nn.GroupNorm(max(1, min(32, width // 8)), width)
 
 
 def conv_norm_act(cin: int, cout: int, k: int = 3) -> nn.Sequential:

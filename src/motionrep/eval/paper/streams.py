@@ -4,6 +4,8 @@
   and ``ignore_index``. :class:`SegFiles` reads image/label file pairs (VOC, ADE20K, Cityscapes layouts:
   :func:`seg_files`); :class:`SegSetItems` wraps an in-memory :class:`~motionrep.data.labeled.SegSet` (the
   synthetic world).
+* Flow items are ``(image1, image2, flow, valid)`` (:mod:`motionrep.data.flow_datasets`; :class:`FlowSetItems`
+  wraps an in-memory :class:`~motionrep.data.labeled.FlowSet`).
 * Video items are ``(frames uint8 (T, 3, H, W), masks int64 (T, H, W))``: :class:`ClipFiles` (DAVIS-2017 through
   :func:`motionrep.data.catalog.davis2017`) and :class:`ClipItems` (in-memory clips).
 * :class:`GlobalBatchSampler` draws every step's *global* batch from one seeded generator and yields this rank's
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from motionrep.data.catalog import DatasetLayoutError, davis2017
 from motionrep.data.flow_datasets import read_image
 from motionrep.data.flowio import read_label_png
-from motionrep.data.labeled import Clip, SegSet
+from motionrep.data.labeled import Clip, FlowSet, SegSet
 from motionrep.train import dist
 
 VOC_CLASSES = [
@@ -197,6 +199,20 @@ class ClipFiles(Dataset):
         masks = np.stack([read_label_png(self._masks(entry)[t]) for t in keep]).astype(np.int64)
         masks[masks >= self.num_classes] = self.ignore_index
         return frames, torch.from_numpy(masks)
+
+
+class FlowSetItems(Dataset):
+    """An in-memory :class:`~motionrep.data.labeled.FlowSet` as a flow dataset of ``(image1, image2, flow, valid)``."""
+
+    def __init__(self, data: FlowSet):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.data
+        return d.image1[i], d.image2[i], d.flow[i], d.valid[i]
 
 
 def shard_indices(n: int) -> list[int]:
