@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # One entry per command module; each defines ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES = ["info", "track", "pretrain", "synth", "demo", "analyze", "eval", "export"]
+COMMAND_MODULES = ["info", "track", "pretrain", "synth", "demo", "analyze", "eval", "export", "paper_eval"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"motionrep.commands.{_name}").register(app)
