@@ -307,10 +307,15 @@ def _head_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {renames.get(k, k): v for k, v in state.items()}
 
 
-def _from_midway(obj: dict, weights: str, where: str, dynamics_overrides: Mapping[str, Any]) -> _Parts:
+def _from_midway(
+    obj: dict, weights: str, where: str, dynamics_overrides: Mapping[str, Any], encoder_only: bool
+) -> _Parts:
     """An official Midway training checkpoint: encoder and DINO head from ``teacher`` / ``student``, dynamics from
     ``motion_loss`` (``module.`` stripped, names through :data:`motionrep.models.dynamics.OFFICIAL_KEY_MAP`)."""
     parts = _from_state_dict({k: v for k, v in obj.items() if k != "motion_loss"}, weights, where)
+    parts.info.format, parts.info.method = "midway-official", "midway"
+    if encoder_only:
+        return parts
     args = _args_dict(obj.get("args"))
     motion = _tensors(obj["motion_loss"], f"{where}['motion_loss']")
     local, unknown = {}, []
@@ -324,7 +329,6 @@ def _from_midway(obj: dict, weights: str, where: str, dynamics_overrides: Mappin
     depth = _num_blocks(parts.encoder)
     parts.dynamics = local
     parts.dynamics_spec = _midway_spec(local, depth, args, dynamics_overrides, where)
-    parts.info.format, parts.info.method = "midway-official", "midway"
     parts.info.layout += ", dynamics from motion_loss"
     return parts
 
@@ -520,8 +524,11 @@ def _from_export(tensors: dict[str, Tensor], metadata: dict[str, str], where: st
     return parts
 
 
-def _read_parts(path: str | Path, weights: str = "teacher", dynamics_overrides: Mapping[str, Any] = ()) -> _Parts:
-    """Read any supported file into state dicts in the project's key layout (no modules built yet)."""
+def _read_parts(
+    path: str | Path, weights: str = "teacher", dynamics_overrides: Mapping[str, Any] = (), encoder_only: bool = False
+) -> _Parts:
+    """Read any supported file into state dicts in the project's key layout (no modules built yet);
+    ``encoder_only`` skips Midway's dynamics."""
     if weights not in WEIGHTS:
         raise WeightsError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     obj, metadata = read_file(path)
@@ -533,7 +540,7 @@ def _read_parts(path: str | Path, weights: str = "teacher", dynamics_overrides: 
     if isinstance(obj.get("method"), Mapping) and isinstance(obj.get("config"), str):
         return _from_motionrep(obj, weights, where)
     if isinstance(obj.get("motion_loss"), Mapping):
-        return _from_midway(obj, weights, where, dict(dynamics_overrides))
+        return _from_midway(obj, weights, where, dict(dynamics_overrides), encoder_only)
     return _from_state_dict(dict(obj), weights, where)
 
 
@@ -618,15 +625,7 @@ def load_weights(
     """
     parts = _read_parts(path, weights, dynamics_overrides)
     where = parts.info.path
-    arch = parts.arch or infer_vit_arch(parts.encoder, num_heads, where)
-    native = _grid(arch["img_size"], arch["patch_size"])
-    target = arch["img_size"] if img_size is None else img_size
-    try:
-        encoder = VisionTransformer(**{**arch, "img_size": target})
-    except (TypeError, ValueError) as e:
-        raise WeightsError(f"{where}: cannot build the encoder {arch}: {e}") from None
-    state = _with_pos_grid(parts.encoder, native, encoder.pos_grid, antialias)
-    load_strict(encoder, state, "encoder", where)
+    encoder = _build_encoder(parts, img_size, num_heads, antialias)
     head = _build_head(parts.head, where) if parts.head else None
     dynamics = None
     if parts.dynamics_spec:
@@ -636,7 +635,23 @@ def load_weights(
                 f"{where}: the dynamics (width {dynamics.student_embed.in_features}, levels "
                 f"{dynamics.config.levels}) do not fit the encoder (width {encoder.embed_dim}, depth {encoder.depth})"
             )
-    return Imported(encoder.eval(), parts.info, head, dynamics)
+    return Imported(encoder, parts.info, head, dynamics)
+
+
+def _build_encoder(
+    parts: _Parts, img_size: int | tuple[int, int] | None, num_heads: int | None, antialias: bool
+) -> VisionTransformer:
+    """The encoder of ``parts`` in eval mode, built for ``img_size`` (default: the checkpoint's native size)."""
+    where = parts.info.path
+    arch = parts.arch or infer_vit_arch(parts.encoder, num_heads, where)
+    native = _grid(arch["img_size"], arch["patch_size"])
+    target = arch["img_size"] if img_size is None else img_size
+    try:
+        encoder = VisionTransformer(**{**arch, "img_size": target})
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{where}: cannot build the encoder {arch}: {e}") from None
+    load_strict(encoder, _with_pos_grid(parts.encoder, native, encoder.pos_grid, antialias), "encoder", where)
+    return encoder.eval()
 
 
 def load_encoder(
@@ -645,9 +660,9 @@ def load_encoder(
     img_size: int | tuple[int, int] | None = None,
     num_heads: int | None = None,
 ) -> VisionTransformer:
-    """The encoder of a run directory, checkpoint, export or official file, in eval mode on CPU
-    (see :func:`load_weights`)."""
-    return load_weights(path, weights, img_size, num_heads).encoder
+    """The encoder of a run directory, checkpoint, export or official file, in eval mode on CPU (see
+    :func:`load_weights`); heads and dynamics in the file are neither built nor checked."""
+    return _build_encoder(_read_parts(path, weights, encoder_only=True), img_size, num_heads, True)
 
 
 def _export_metadata(path: str | Path) -> dict[str, str]:
@@ -675,7 +690,7 @@ def load_encoder_into(encoder: VisionTransformer, path: str | Path, weights: str
     """Load an encoder's weights from any supported file into an existing ``encoder`` (strict keys and shapes);
     a position embedding of another grid is resampled to the encoder's native grid with antialiasing (timm's
     checkpoint behaviour). Returns a description of the source."""
-    parts = _read_parts(path, weights)
+    parts = _read_parts(path, weights, encoder_only=True)
     where = parts.info.path
     arch = parts.arch or {"img_size": None, "patch_size": encoder.patch_size}
     pos = parts.encoder.get("pos_embed")
