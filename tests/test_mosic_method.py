@@ -136,16 +136,27 @@ def test_weights_are_zero_where_the_predicting_student_token_was_dropped(monkeyp
     assert torch.equal(w.expand(b, t, S * S), expected.float())
 
 
+def _owner(name: str) -> str:
+    """``encoder.blocks.<i>`` for a block parameter, else the top-level module name."""
+    parts = name.split(".")
+    return ".".join(parts[:3]) if name.startswith("encoder.blocks.") else parts[0]
+
+
 @pytest.mark.parametrize("depth", [12, 24])
 def test_exactly_the_last_two_blocks_head_and_prototypes_get_gradients(depth):
     model = make(ModelConfig(name="vit-micro", depth=depth, embed_dim=32, num_heads=2), mask_ratio=0.0)
+    graph = {}
+
+    def record(block, args, out):
+        graph[block] = out.requires_grad
+
+    for i in (depth - 3, depth - 2):
+        model.encoder.blocks[i].register_forward_hook(record)
     model.compute_losses(*clip(1, 2))["loss"].backward()
-    with_grad = {
-        n.split(".")[0] + "." + n.split(".")[2] if n.startswith("encoder.blocks") else n.split(".")[0]
-        for n, p in model.named_parameters()
-        if p.grad is not None
-    }
-    assert with_grad == {f"encoder.{depth - 2}", f"encoder.{depth - 1}", "head", "prototypes"}
+    blocks = model.encoder.blocks
+    assert graph == {blocks[depth - 3]: False, blocks[depth - 2]: True}  # the frozen part builds no autograd graph
+    with_grad = {_owner(n) for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {f"encoder.blocks.{depth - 2}", f"encoder.blocks.{depth - 1}", "head", "prototypes"}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, p in model.named_parameters() if p.grad is not None}
 
