@@ -7,7 +7,7 @@ from tests.distributed import run_ranks
 
 from motionrep.data.labeled import SegSet
 from motionrep.eval import segmentation as S
-from motionrep.eval.features import PixelFeatures, ViTFeatures, extract, random_init
+from motionrep.eval.features import CachedFeatures, PixelFeatures, ViTFeatures, extract, random_init
 from motionrep.models.vit import build_vit
 
 COLOURS = torch.tensor([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]], dtype=torch.uint8)
@@ -154,3 +154,18 @@ def test_supervised_trainer_updates_the_encoder():
     before = vit.blocks[0].attn.qkv.weight.clone()
     S.train_supervised(vit, colour_coded(8, 0), steps=3, batch_size=4)
     assert not vit.training and not torch.equal(before, vit.blocks[0].attn.qkv.weight)
+
+
+def test_cached_features_compute_each_tensor_once():
+    calls = []
+
+    class Counting(PixelFeatures):
+        def forward(self, images):
+            calls.append(len(images))
+            return super().forward(images)
+
+    cached = CachedFeatures(Counting(8))
+    a, b = torch.rand(3, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    fa = extract(cached, a)
+    assert extract(cached, a) is fa and calls == [3]
+    assert torch.allclose(extract(cached, b), PixelFeatures(8)(b)) and calls == [3, 2]

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from motionrep.data.labeled import FlowSet
-from motionrep.eval.features import FeatureExtractor, extract, module_device, to_float_images
+from motionrep.eval.features import CachedFeatures, FeatureExtractor, extract, module_device, to_float_images
 from motionrep.eval.metrics import flow_error_sums, flow_scores, reduce_sums
 from motionrep.train import dist
 
@@ -88,7 +88,7 @@ class FlowHead(nn.Module):
     """A light DPT-style decoder: 1x1 projection, then ``log2(stride)`` stages of residual unit + 2x bilinear
     upsampling, a 3x3 output convolution to (dx, dy), and a final resize to the exact image size."""
 
-    def __init__(self, in_dim: int, stride: int, width: int = 64):
+    def __init__(self, in_dim: int, stride: int, width: int = 32):
         super().__init__()
         self.proj = nn.Conv2d(in_dim, width, 1)
         self.stages = nn.ModuleList(ResidualConvUnit(width) for _ in range(max(0, int(math.log2(stride)))))
@@ -124,6 +124,16 @@ def _score(predict, val: FlowSet, batch_size: int, keep: int = 4) -> tuple[dict[
     return flow_scores(reduce_sums(sums)), dist.all_gather_cat(preds)[:keep]
 
 
+def frozen_pair_features(
+    extractor: FeatureExtractor, pair_features: nn.Module | None, data: FlowSet, batch_size: int
+) -> torch.Tensor:
+    """Probe inputs of every pair, without gradients: the two frames' features (shared with the other protocols
+    through :func:`extract`), or the ``pair_features`` module's output."""
+    if pair_features is not None:
+        return extract(pair_features, data.image1, data.image2, batch_size=batch_size, desc="flow_probe pairs")
+    return torch.cat([extract(extractor, data.image1), extract(extractor, data.image2)], dim=1)
+
+
 def flow_probe(
     extractor: FeatureExtractor,
     train: FlowSet,
@@ -131,7 +141,7 @@ def flow_probe(
     steps: int = 300,
     batch_size: int = 16,
     lr: float = 1e-3,
-    width: int = 64,
+    width: int = 32,
     finetune: bool = False,
     backbone_lr_scale: float = 0.1,
     pair_features: nn.Module | None = None,
@@ -145,19 +155,17 @@ def flow_probe(
     with ``stride`` and ``dim`` that replaces the concatenated frame features (the hook for a learned decoder
     such as Midway's dynamics).
     """
-    pair = pair_features if pair_features is not None else PairFeatures(extractor)
-    if finetune:
-        pair = copy.deepcopy(pair)
+    base = extractor.extractor if isinstance(extractor, CachedFeatures) else extractor  # finetuning copies it
+    pair = pair_features if pair_features is not None else PairFeatures(base)
     device = module_device(extractor)
     head = FlowHead(pair.dim, pair.stride, width).to(device)
     hw = tuple(train.flow.shape[-2:])
     params = [{"params": head.parameters(), "lr": lr}]
     if finetune:
-        pair.train()
+        pair = copy.deepcopy(pair).train()
         params.append({"params": [p for p in pair.parameters() if p.requires_grad], "lr": lr * backbone_lr_scale})
-        ftrain = None
     else:
-        ftrain = extract(pair, train.image1, train.image2, batch_size=batch_size, desc="flow_probe train")
+        ftrain = frozen_pair_features(extractor, pair_features, train, batch_size)
     opt = torch.optim.AdamW(params, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
@@ -176,9 +184,12 @@ def flow_probe(
         curve.append(loss.item())
     head.eval()
     pair.eval()
+    fval = None if finetune else frozen_pair_features(extractor, pair_features, val, batch_size)
 
     @torch.no_grad()
     def predict(s: int, e: int) -> torch.Tensor:
+        if fval is not None:
+            return head(fval[s:e].to(device), hw)
         feats = pair(to_float_images(val.image1[s:e].to(device)), to_float_images(val.image2[s:e].to(device)))
         return head(feats.float(), hw)
 
@@ -223,12 +234,12 @@ def flow_match(
     """Parameter-free flow from frozen features (:func:`match_flow`), upsampled to pixels; ``epe``, ``px*``."""
     device = module_device(extractor)
     hw = tuple(val.flow.shape[-2:])
+    f1, f2 = extract(extractor, val.image1), extract(extractor, val.image2)
 
     @torch.no_grad()
     def predict(s: int, e: int) -> torch.Tensor:
-        f = extractor(to_float_images(torch.cat([val.image1[s:e], val.image2[s:e]]).to(device))).float()
-        f1, f2 = f.chunk(2)
-        return tokens_to_pixels(match_flow(f1, f2, extractor.stride, radius, temperature), hw)
+        flow = match_flow(f1[s:e].to(device), f2[s:e].to(device), extractor.stride, radius, temperature)
+        return tokens_to_pixels(flow, hw)
 
     metrics, preds = _score(predict, val, batch_size)
     return FlowResult(metrics, preds)

@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 from motionrep import viz
 from motionrep.data.labeled import Clip, EvalData, FlowSet, SegSet, VideoSet
 from motionrep.eval import report
-from motionrep.eval.features import FeatureExtractor, PixelFeatures, ViTFeatures, extract, random_init
+from motionrep.eval.features import (
+    CachedFeatures,
+    FeatureExtractor,
+    PixelFeatures,
+    ViTFeatures,
+    extract,
+    random_init,
+)
 from motionrep.eval.flow import flow_dis, flow_match, flow_probe
 from motionrep.eval.propagation import propagation
 from motionrep.eval.segmentation import incontext, overcluster, seg_linear, train_supervised
@@ -276,7 +283,7 @@ class ModelOutput:
 def evaluate_model(model: Model, data: EvalData, cfg: SuiteConfig, device: torch.device) -> tuple[ModelOutput, dict]:
     """Run the applicable protocols; return metrics (``<protocol>.<metric>``) and raw outputs for figures."""
     out, raw = ModelOutput(), {}
-    extractor = None if model.kind == "dis" else extractor_for(model, cfg, device)
+    extractor = None if model.kind == "dis" else CachedFeatures(extractor_for(model, cfg, device))
     classes = data.seg_val.num_classes if data.seg_val is not None else 0
     for protocol in applicable(model, cfg, data):
         t0 = time.perf_counter()
