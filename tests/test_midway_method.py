@@ -3,6 +3,7 @@ bidirectional loss through the encoders, parameter counts of the ViT-S recipe, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -197,3 +198,39 @@ def test_cli_training_beats_the_copy_baseline(tmp_path):
     # Untrained, the predictor is a near-copy (ratio ~1); a few steps already beat the copy baseline everywhere.
     assert all(r > 0.95 for r in ratios["init"])
     assert all(r < 0.9 for r in ratios["trained"]), ratios
+
+
+def _fixed_batch() -> PairBatch:
+    torch.manual_seed(123)
+    return random_batch(b=4)
+
+
+def _ddp_gradients() -> dict[str, torch.Tensor]:
+    """Gradients after one DDP backward of this rank's half of the fixed global batch (run by ``run_ranks``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from motionrep.train import dist
+
+    method = micro()
+    batch = _fixed_batch()
+    rows = slice(2 * dist.rank(), 2 * dist.rank() + 2)
+    half = PairBatch(
+        **{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(PairBatch) if f.name != "skipped"}
+    )
+    ddp = DistributedDataParallel(method)  # keep a reference: the reducer lives as long as the wrapper
+    ddp(half, 0)["loss"].backward()
+    return {k: p.grad for k, p in method.named_parameters() if p.grad is not None}
+
+
+def test_two_gloo_ranks_give_the_gradients_of_one():
+    from distributed import run_ranks
+
+    method = micro()
+    method.training_step(_fixed_batch(), 0)["loss"].backward()
+    expected = {k: p.grad for k, p in method.named_parameters() if p.grad is not None}
+    ranks = run_ranks(_ddp_gradients, 2)
+    assert ranks[0].keys() == expected.keys()
+    assert any(k.startswith("dynamics.") for k in expected)
+    for got in ranks:
+        for key, grad in expected.items():
+            torch.testing.assert_close(got[key], grad, atol=1e-6, rtol=1e-4)
