@@ -34,7 +34,7 @@ from motionrep.eval.features import (
     extract,
     random_init,
 )
-from motionrep.eval.flow import flow_dis, flow_match, flow_probe
+from motionrep.eval.flow import MidwayPairFeatures, flow_dis, flow_match, flow_probe
 from motionrep.eval.propagation import propagation
 from motionrep.eval.segmentation import incontext, overcluster, seg_linear, train_supervised
 from motionrep.eval.tracking import tracking
@@ -83,6 +83,7 @@ class Model:
     run_dir: Path | None = None
     train_steps: int | None = None
     setup_seconds: float = 0.0  # time spent building the model (the supervised baseline's training)
+    dynamics: nn.Module | None = None  # Midway dynamics: flow_probe also runs with them as the decoder input
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -165,48 +166,26 @@ def synth_data(
 # --------------------------------------------------------------------------------------------------------- models
 
 
-def _read_yaml(text: str) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
-
-
 def load_encoder(path: str | Path, weights: str = "teacher") -> Model:
-    """A ViT encoder from a motionrep run directory (``config.yaml`` + ``checkpoints/last.pt``) or a checkpoint
-    file of a run. ``weights``: ``teacher`` (the EMA teacher encoder, when the method has one) or ``student``."""
-    from motionrep.models.vit import build_vit
-    from motionrep.train.checkpoint import load_checkpoint
+    """A model from a motionrep run directory (``RUN/checkpoints/last.pt``), a checkpoint, an export, or official
+    DINO / DINOv2 / Midway / MoSiC weights (:func:`motionrep.models.weights.load_weights`). ``weights``:
+    ``teacher`` (the EMA teacher encoder, when there is one) or ``student``. Midway dynamics come along."""
+    from motionrep.models.weights import WeightsError, load_weights
 
     path = Path(path)
-    ckpt_path = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    if not ckpt_path.is_file():
-        raise EvalError(
-            f"no checkpoint at {ckpt_path}: give a run directory (RUN/config.yaml, RUN/checkpoints/last.pt) "
-            "or a checkpoint file"
-        )
     try:
-        state = load_checkpoint(ckpt_path)
-    except Exception as e:  # unreadable or unsafe file
-        raise EvalError(f"cannot load {ckpt_path}: {e}") from None
-    if not isinstance(state, dict) or "method" not in state or "config" not in state:
-        raise EvalError(f"{ckpt_path} is not a motionrep training checkpoint (needs 'method' and 'config' entries)")
-    cfg = _read_yaml(state["config"])
-    model_cfg = dict(cfg.get("model", {}))
-    name = model_cfg.pop("name", None)
-    overrides = {k: v for k, v in model_cfg.items() if v is not None and k != "drop_path_rate"}
-    encoder = build_vit(name, **overrides)
-    sd = state["method"]
-    prefixes = ["teacher_encoder.", "encoder."] if weights == "teacher" else ["encoder."]
-    prefix = next((p for p in prefixes if any(k.startswith(p) for k in sd)), None)
-    if prefix is None:
-        raise EvalError(f"{ckpt_path}: no encoder weights (keys starting with {' or '.join(prefixes)})")
-    enc_sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    missing, unexpected = encoder.load_state_dict(enc_sd, strict=False)
-    if missing or unexpected:
-        raise EvalError(f"{ckpt_path}: encoder keys do not match; missing {missing}, unexpected {unexpected}")
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
-    run_name = path.name if path.is_dir() else run_dir.name if run_dir is not None else ckpt_path.stem
-    return Model(run_name, "encoder", encoder.eval(), run_dir, int(cfg.get("train", {}).get("steps", 0)) or None)
+        imported = load_weights(path, weights)
+    except (WeightsError, OSError) as e:
+        raise EvalError(str(e)) from None
+    if path.is_dir():
+        run_dir, name = path, path.name
+    elif path.parent.name == "checkpoints":
+        run_dir, name = path.parent.parent, path.parent.parent.name
+    else:
+        run_dir, name = None, path.stem
+    return Model(
+        name, "encoder", imported.encoder.eval(), run_dir, imported.info.train_steps, dynamics=imported.dynamics
+    )
 
 
 def load_model_arg(arg: str, weights: str = "teacher", random_weights: bool = False, seed: int = 0) -> Model:
@@ -244,7 +223,9 @@ def applicable(model: Model, cfg: SuiteConfig, data: EvalData) -> list[str]:
         wanted = [p for p in cfg.protocols if p in RECOGNITION]
     else:
         wanted = list(cfg.protocols)
-    return [p for p in wanted if data.supports(p)]
+        if model.dynamics is not None and "flow_probe" in wanted:
+            wanted.insert(wanted.index("flow_probe") + 1, "flow_probe_dynamics")
+    return [p for p in wanted if data.supports("flow_probe" if p == "flow_probe_dynamics" else p)]
 
 
 def baseline_models(models: list[Model], cfg: SuiteConfig, data: EvalData, device: torch.device) -> list[Model]:
@@ -299,6 +280,16 @@ def evaluate_model(model: Model, data: EvalData, cfg: SuiteConfig, device: torch
             res = propagation(extractor, data.videos)
         elif protocol == "flow_probe":
             res = flow_probe(extractor, data.flow_train, data.flow_val, cfg.flow_steps, finetune=cfg.flow_finetune)
+        elif protocol == "flow_probe_dynamics":
+            pair = MidwayPairFeatures(model.encoder, model.dynamics.to(device).eval())
+            res = flow_probe(
+                extractor,
+                data.flow_train,
+                data.flow_val,
+                cfg.flow_steps,
+                finetune=cfg.flow_finetune,
+                pair_features=pair,
+            )
         elif protocol == "flow_match":
             res = flow_match(extractor, data.flow_val)
         elif protocol == "tracking":
@@ -339,7 +330,7 @@ def model_figures(model: Model, raw: dict, data: EvalData, fig_dir: Path, rel: s
                 preds = raw[p].predictions
                 rows.append([(f"{p} {i}", viz.overlay_labels(frames[i], preds[i].numpy(), k)) for i in range(n)])
         figs.append(("features and segmentation", viz.save_grid(fig_dir / f"{safe}_segmentation.png", rows)))
-    flow_keys = [p for p in ("flow_probe", "flow_match", "dis") if p in raw]
+    flow_keys = [p for p in ("flow_probe", "flow_probe_dynamics", "flow_match", "dis") if p in raw]
     if flow_keys and data.flow_val is not None:
         n = min(3, len(data.flow_val))
         rows = []

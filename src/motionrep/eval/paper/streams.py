@@ -7,7 +7,7 @@
 * Flow items are ``(image1, image2, flow, valid)`` (:mod:`motionrep.data.flow_datasets`; :class:`FlowSetItems`
   wraps an in-memory :class:`~motionrep.data.labeled.FlowSet`).
 * Video items are ``(frames uint8 (T, 3, H, W), masks int64 (T, H, W))``: :class:`ClipFiles` (DAVIS-2017 through
-  :func:`motionrep.data.catalog.davis2017`) and :class:`ClipItems` (in-memory clips).
+  :func:`motionrep.data.catalog.davis2017`, YouTube-VOS) and :class:`ClipItems` (in-memory clips).
 * :class:`GlobalBatchSampler` draws every step's *global* batch from one seeded generator and yields this rank's
   contiguous share, so N ranks see exactly the samples one rank would (the basis of the 2-ranks = 1-rank tests).
 """
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from motionrep.data.catalog import DatasetLayoutError, davis2017
 from motionrep.data.flow_datasets import read_image
 from motionrep.data.flowio import read_label_png
-from motionrep.data.labeled import Clip, FlowSet, SegSet
+from motionrep.data.labeled import Clip, SegSet
 from motionrep.train import dist
 
 VOC_CLASSES = [
@@ -167,52 +167,63 @@ class ClipItems(Dataset):
 
 
 class ClipFiles(Dataset):
-    """DAVIS-2017 sequences (``JPEGImages/<res>/<seq>/*.jpg``, ``Annotations/<res>/<seq>/*.png`` palette masks of
-    object ids, 0 = background), read one clip at a time; at most ``max_frames`` evenly spaced frames per clip.
-    ``num_classes`` is the largest object id + 1 over the listed clips (read from the masks once)."""
+    """Annotated clips read one at a time: per clip, frame files and their label PNGs (object ids, 0 = background,
+    255 = ignore), at most ``max_frames`` evenly spaced frames per clip. ``num_classes`` defaults to the largest id
+    over all masks + 1 (every mask is read once to find it). Build with :func:`davis_clips` or :func:`ytvos_clips`."""
 
-    def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p", max_frames: int | None = None):
-        catalog = davis2017(root, split, resolution)
-        self.entries = [e for e in catalog.entries if e.annotations is not None]
-        if not self.entries:
-            raise DatasetLayoutError(f"davis2017: no sequence of {split} has annotations under {root}")
-        self.max_frames, self.ignore_index = max_frames, 255
-        self.num_classes = 1 + max(int(read_label_png(m).max()) for e in self.entries for m in self._masks(e)[:1])
-        self.num_classes = max(self.num_classes, 2)
+    def __init__(
+        self,
+        clips: Sequence[tuple[str, list[Path], list[Path]]],
+        max_frames: int | None = None,
+        num_classes: int | None = None,
+    ):
+        if not clips:
+            raise DatasetLayoutError("no annotated clip found")
+        self.clips, self.max_frames, self.ignore_index = list(clips), max_frames, 255
+        if num_classes is None:
+            ids = {int(v) for _, _, masks in self.clips for m in masks for v in np.unique(read_label_png(m))}
+            num_classes = 1 + max(ids - {self.ignore_index}, default=1)
+        self.num_classes = max(2, num_classes)
 
-    def _masks(self, entry) -> list[Path]:
-        return [entry.annotations / f"{f.stem}.png" for f in entry.files]
-
-    def _frames(self, entry) -> list[int]:
-        n = len(entry.files)
+    def _frames(self, n: int) -> list[int]:
         if self.max_frames is None or n <= self.max_frames:
             return list(range(n))
         return np.linspace(0, n - 1, self.max_frames).round().astype(int).tolist()
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.clips)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self.entries[i]
-        keep = self._frames(entry)
-        frames = torch.stack([read_image(entry.files[t]) for t in keep])
-        masks = np.stack([read_label_png(self._masks(entry)[t]) for t in keep]).astype(np.int64)
-        masks[masks >= self.num_classes] = self.ignore_index
+        _, files, mask_files = self.clips[i]
+        keep = self._frames(len(files))
+        frames = torch.stack([read_image(files[t]) for t in keep])
+        masks = np.stack([read_label_png(mask_files[t]) for t in keep]).astype(np.int64)
+        if ((masks >= self.num_classes) & (masks != self.ignore_index)).any():
+            raise ValueError(f"clip {self.clips[i][0]}: object ids >= num_classes={self.num_classes}")
         return frames, torch.from_numpy(masks)
 
 
-class FlowSetItems(Dataset):
-    """An in-memory :class:`~motionrep.data.labeled.FlowSet` as a flow dataset of ``(image1, image2, flow, valid)``."""
+def davis_clips(root: str | Path, split: str = "val", resolution: str = "480p", max_frames: int | None = None):
+    """DAVIS-2017 sequences of ``ImageSets/2017/<split>.txt`` (:func:`motionrep.data.catalog.davis2017`)."""
+    entries = [e for e in davis2017(root, split, resolution).entries if e.annotations is not None]
+    clips = [(e.name, list(e.files), [e.annotations / f"{f.stem}.png" for f in e.files]) for e in entries]
+    return ClipFiles([(n, f, _require(m, "davis2017")) for n, f, m in clips], max_frames)
 
-    def __init__(self, data: FlowSet):
-        self.data = data
 
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.data
-        return d.image1[i], d.image2[i], d.flow[i], d.valid[i]
+def ytvos_clips(root: str | Path, split: str = "train", max_frames: int | None = None):
+    """YouTube-VOS ``<split>/{JPEGImages,Annotations}/<video>/``: the frames that have an annotation PNG."""
+    base = Path(root) / split
+    if not (base / "Annotations").is_dir():
+        raise DatasetLayoutError(
+            f"youtube_vos: no {base / 'Annotations'}; expected ROOT/<split>/{{JPEGImages,Annotations}}"
+        )
+    clips = []
+    for video in sorted(d for d in (base / "Annotations").iterdir() if d.is_dir()):
+        masks = sorted(video.glob("*.png"))
+        frames = [base / "JPEGImages" / video.name / f"{m.stem}.jpg" for m in masks]
+        if masks:
+            clips.append((video.name, _require(frames, "youtube_vos"), masks))
+    return ClipFiles(clips, max_frames)
 
 
 def shard_indices(n: int) -> list[int]:
