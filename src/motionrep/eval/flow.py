@@ -59,12 +59,14 @@ class MidwayPairFeatures(nn.Module):
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
         b = image1.shape[0]
         h, w = self.encoder.grid_size(tuple(image1.shape[-2:]))
+        prefix = self.encoder.num_prefix_tokens
         taps = self.encoder(torch.cat([image1, image2]), taps=self.levels)
+        taps = [torch.cat([t[:, :1], t[:, prefix:]], dim=1) for t in taps]  # CLS + patches: registers dropped
         source, target = [t[:b] for t in taps], [t[b:] for t in taps]
         states = self.dynamics(source, target, grid_hw=(h, w)).states  # ascending objective levels
         cls = int(self.dynamics.config.use_cls_token)
         maps = [
-            source[-1][:, self.encoder.num_prefix_tokens :],
+            source[-1][:, 1:],
             states[-1].midway_target[:, cls:],
             states[-1].prediction[:, cls:],
             states[0].prediction[:, cls:],
