@@ -79,4 +79,4 @@ def test_cli_user_errors(tmp_path):
     assert result.exit_code == 2 and "voc" in result.output
     result = runner.invoke(app, ["paper-eval", "video-cluster", "vit-micro", "--random-init", "--dataset", "kinetics",
                                  "--out", str(tmp_path)])  # fmt: skip
-    assert result.exit_code == 2 and "davis or synth" in result.output
+    assert result.exit_code == 2 and "davis, ytvos or synth" in result.output

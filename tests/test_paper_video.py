@@ -10,7 +10,7 @@ from torch import nn
 from distributed import run_ranks
 from motionrep.data.flowio import write_label_png
 from motionrep.data.labeled import Clip, SegSet
-from motionrep.eval.paper.streams import ClipFiles, ClipItems, SegSetItems, apply_pca, fit_pca
+from motionrep.eval.paper.streams import ClipItems, SegSetItems, apply_pca, davis_clips, fit_pca, ytvos_clips
 from motionrep.eval.paper.unsup_seg import UnsupSegConfig, unsup_seg
 from motionrep.eval.paper.video_clustering import VideoClusterConfig, cluster_and_match, video_clustering
 from motionrep.models.vit import build_vit
@@ -98,11 +98,29 @@ def test_davis_layout(tmp_path):
         mask[:, :5] = 2
         mask[0, 0] = 255 if t == 4 else 2
         write_label_png(root / "Annotations" / "480p" / "bear" / f"{t:05d}.png", mask)
-    clips = ClipFiles(root, "val", max_frames=3)
+    clips = davis_clips(root, "val", max_frames=3)
     frames, masks = clips[0]
-    assert len(clips) == 1 and clips.num_classes == 3
+    assert len(clips) == 1 and clips.num_classes == 3  # ids 0 and 2; 255 is the ignore label
     assert frames.shape == (3, 3, 8, 10) and masks.shape == (3, 8, 10)
     assert masks[2, 0, 0] == 255 and masks[0, 0, 0] == 2  # frames 0, 2, 4 kept
+
+
+def test_ytvos_layout_keeps_annotated_frames(tmp_path):
+    base = tmp_path / "train"
+    for t in range(4):
+        Image.fromarray(np.full((6, 8, 3), t, np.uint8)).save(_mkdir(base / "JPEGImages" / "v1") / f"{5 * t:05d}.jpg")
+    for t in (0, 2):
+        mask = np.full((6, 8), t // 2 + 1, np.uint8)
+        write_label_png(_mkdir(base / "Annotations" / "v1") / f"{5 * t:05d}.png", mask)
+    clips = ytvos_clips(tmp_path, "train")
+    frames, masks = clips[0]
+    assert frames.shape == (2, 3, 6, 8) and frames[1, 0, 0, 0] == 2 and clips.num_classes == 3
+    assert masks[0, 0, 0] == 1 and masks[1, 0, 0] == 2  # an object first seen later keeps its id
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _unsup():

@@ -156,9 +156,9 @@ def _seg_command(linear: bool):
 def video_cluster(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="Output directory."),
-    data: Path = typer.Option(None, help="DAVIS-2017 root (or a `motionrep synth` folder)."),
-    dataset: str = typer.Option("davis", help="davis or " + SYNTH_HELP),
-    split: str = typer.Option("val", help="DAVIS split (ImageSets/2017/<split>.txt)."),
+    data: Path = typer.Option(None, help="DAVIS-2017 or YouTube-VOS root (or a `motionrep synth` folder)."),
+    dataset: str = typer.Option("davis", help="davis, ytvos or " + SYNTH_HELP),
+    split: str = typer.Option("val", help="DAVIS ImageSets/2017/<split>.txt, or the YouTube-VOS split folder."),
     protocols: str = typer.Option("F,C,D", help="Comma-separated: F (frame), C (clip), D (dataset)."),
     size: int = typer.Option(224, help="Frames resized to size x size."),
     res: int = typer.Option(224, help="F/C clustering resolution (features bilinearly upsampled)."),
@@ -177,7 +177,7 @@ def video_cluster(
 ) -> None:
     """Unsupervised video semantic segmentation (TimeT / MoSiC): PCA + k-means, F / C / D protocols, mIoU."""
     from motionrep.eval.features import ViTFeatures
-    from motionrep.eval.paper.streams import ClipFiles, ClipItems
+    from motionrep.eval.paper.streams import ClipItems, davis_clips, ytvos_clips
     from motionrep.eval.paper.video_clustering import VideoClusterConfig, video_clustering
 
     def body(dev):
@@ -188,12 +188,13 @@ def video_cluster(
             clips = _synth(data, preset, "val", (1, eval_videos), seed).videos.clips
             clips = ClipItems([c if not max_frames else type(c)(c.frames[:max_frames], c.masks[:max_frames])
                                for c in clips], 1 + max(int(c.masks.max()) for c in clips))  # fmt: skip
-        elif dataset == "davis":
+        elif dataset in ("davis", "ytvos"):
             if data is None:
-                raise ValueError("--dataset davis needs --data PATH (the DAVIS-2017 root)")
-            clips = ClipFiles(data, split, max_frames=max_frames or None)
+                raise ValueError(f"--dataset {dataset} needs --data PATH (the dataset root)")
+            make = davis_clips if dataset == "davis" else ytvos_clips
+            clips = make(data, split, max_frames=max_frames or None)
         else:
-            raise ValueError(f"--dataset must be davis or synth, got {dataset!r}")
+            raise ValueError(f"--dataset must be davis, ytvos or synth, got {dataset!r}")
         name, encoder = _encoder(model, weights, random_init, seed, dev)
         settings = {**vars(cfg), "dataset": dataset, "clips": len(clips), "num_classes": clips.num_classes}
         return name, settings, video_clustering(ViTFeatures(encoder), clips, cfg)

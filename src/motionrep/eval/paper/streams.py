@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from motionrep.data.catalog import DatasetLayoutError, davis2017
 from motionrep.data.flow_datasets import read_image
 from motionrep.data.flowio import read_label_png
-from motionrep.data.labeled import Clip, SegSet
+from motionrep.data.labeled import Clip, FlowSet, SegSet
 from motionrep.train import dist
 
 VOC_CLASSES = [
@@ -224,6 +224,20 @@ def ytvos_clips(root: str | Path, split: str = "train", max_frames: int | None =
         if masks:
             clips.append((video.name, _require(frames, "youtube_vos"), masks))
     return ClipFiles(clips, max_frames)
+
+
+class FlowSetItems(Dataset):
+    """An in-memory :class:`~motionrep.data.labeled.FlowSet` as a flow dataset of ``(image1, image2, flow, valid)``."""
+
+    def __init__(self, data: FlowSet):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.data
+        return d.image1[i], d.image2[i], d.flow[i], d.valid[i]
 
 
 def shard_indices(n: int) -> list[int]:
