@@ -82,3 +82,17 @@ def test_tracking_protocol_on_a_moving_square():
     assert res.metrics["delta_avg"] > 70 and res.metrics["occlusion_accuracy"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="no ground-truth tracks"):
         TR.tracking(PixelFeatures(8), VideoSet([moving_square_clip()]))
+
+
+def _rank_video_metrics(clips):
+    prop = P.propagation(PixelFeatures(8), VideoSet(clips), topk=3, radius=1.5, context=2)
+    return prop.metrics
+
+
+def test_propagation_two_ranks_equal_one():
+    from tests.distributed import run_ranks
+
+    clips = [moving_square_clip(), moving_square_clip(t_len=3), moving_square_clip(step=0)]
+    single = _rank_video_metrics(clips)
+    for result in run_ranks(_rank_video_metrics, 2, clips):
+        assert result == pytest.approx(single)
