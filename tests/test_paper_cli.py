@@ -80,3 +80,51 @@ def test_cli_user_errors(tmp_path):
     result = runner.invoke(app, ["paper-eval", "video-cluster", "vit-micro", "--random-init", "--dataset", "kinetics",
                                  "--out", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 2 and "davis, ytvos or synth" in result.output
+
+
+@pytest.fixture(scope="module")
+def midway_run(tmp_path_factory):
+    """An untrained midway-micro run directory (config.yaml + checkpoints/last.pt)."""
+    from motionrep.config import load_config, save_config, to_yaml
+    from motionrep.train.checkpoint import atomic_save
+    from motionrep.train.engine import build_method
+
+    root = tmp_path_factory.mktemp("runs") / "midway"
+    cfg = load_config("midway-micro", [])
+    method = build_method(cfg)
+    root.mkdir()
+    save_config(cfg, root / "config.yaml")
+    atomic_save({"step": 0, "method": method.state_dict(), "config": to_yaml(cfg)}, root / "checkpoints" / "last.pt")
+    return root, method
+
+
+def test_midway_run_backward_readout_and_pretrained_dynamics(midway_run, tmp_path):
+    from motionrep.commands.paper_eval import _is_midway, _midway
+
+    root, method = midway_run
+    name, encoder, dynamics = _midway(f"mw={root}", "cpu")
+    assert name == "mw" and _is_midway(str(root)) and not _is_midway("vit-micro")
+    for key, value in method.dynamics.state_dict().items():
+        assert torch.equal(dynamics.state_dict()[key], value)
+    small = ["--dataset", "synth", "--preset", "tiny", "--device", "cpu", "--train-videos", "2", "--eval-videos", "1"]
+    seg = [
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--stride",
+        "16",
+        "--short-side",
+        "32",
+        "--workers",
+        "0",
+    ]
+    _run(tmp_path, "seg-linear", str(root), *small, *seg, "--features", "backward")
+    record = json.loads((tmp_path / "seg-linear.json").read_text())
+    assert record["settings"]["features"] == "backward" and record["settings"]["levels"] == [1]
+    flow = ["--train", "synth", "--preset", "tiny", "--device", "cpu", "--train-videos", "2", "--eval-videos", "1"]
+    _run(tmp_path, "flow-finetune", str(root), *flow, "--steps", "1", "--batch-size", "2", "--crop", "32,32",
+         "--width", "16", "--workers", "0", "--warmup", "1")  # fmt: skip
+    assert json.loads((tmp_path / "flow-finetune.json").read_text())["settings"]["pretrained_dynamics"] is True
