@@ -21,7 +21,7 @@ from motionrep.data.flow_datasets import (
     tartanair,
     write_pfm,
 )
-from motionrep.data.flowio import write_flo, write_kitti_flow
+from motionrep.data.flowio import write_flo, write_kitti_flow, write_mask_png
 from motionrep.eval.paper.flow_finetune import (
     FlowCrops,
     FlowFinetuneConfig,
@@ -62,6 +62,10 @@ def _write_all(root):
     for t in (1, 2):
         (sin / "flow" / "alley_1").mkdir(parents=True, exist_ok=True)
         write_flo(sin / "flow" / "alley_1" / f"frame_{t:04d}.flo", _flow(t))
+    invalid = np.zeros((H, W), bool)
+    invalid[:, :3] = True
+    (sin / "invalid" / "alley_1").mkdir(parents=True)
+    write_mask_png(sin / "invalid" / "alley_1" / "frame_0002.png", invalid)
     kit = root / "KITTI" / "training"
     _img(kit / "image_2" / "000000_10.png", 1)
     _img(kit / "image_2" / "000000_11.png", 2)
@@ -108,7 +112,8 @@ def test_layouts_and_items(tmp_path):
     assert i1.shape == (3, H, W) and i1[0, 0, 0] == 30 and i2[0, 0, 0] == 31
     assert flow[0, 0, 0] == 3 and flow[1, 0, 0] == -3 and valid.all()
     assert len(sintel(tmp_path, passes=("clean", "final"))) == 4
-    assert len(sintel(tmp_path, scenes=["alley_1"])) == 2
+    clean = sintel(tmp_path, scenes=["alley_1"])
+    assert len(clean) == 2 and clean[0][3].all() and clean[1][3].sum() == H * (W - 3) and not clean[1][3][:, :3].any()
     with pytest.raises(DatasetLayoutError, match="no flow pairs"):
         sintel(tmp_path, scenes=["market_2"])
     _, _, kflow, kvalid = kitti2015(tmp_path)[0]

@@ -72,6 +72,17 @@ def test_ade20k_and_cityscapes_label_maps(tmp_path):
     assert ds.num_classes == 19 and ds[0][1][0].tolist() == [0, 13, 18, 255]
 
 
+def test_bdd100k_layout(tmp_path):
+    (tmp_path / "images" / "10k" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "sem_seg" / "masks" / "val").mkdir(parents=True)
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(tmp_path / "images" / "10k" / "val" / "b1.jpg")
+    write_label_png(tmp_path / "labels" / "sem_seg" / "masks" / "val" / "b1.png", np.full((3, 4), 13, np.uint8))
+    ds = seg_files("bdd100k", tmp_path, "val")
+    assert ds.num_classes == 19 and (ds[0][1] == 13).all()
+    with pytest.raises(DatasetLayoutError, match="bdd100k"):
+        seg_files("bdd100k", tmp_path, "train")
+
+
 def test_train_crops_are_seeded_and_padded_with_ignore():
     images, labels = _colour_coded(1, h=10, w=12)
     crops = TrainCrops(SegSetItems(SegSet(images, labels, ["a", "b", "c"])), crop=16, short_side=10, scale_range=(1, 1))

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
 from motionrep.data.catalog import DatasetLayoutError
-from motionrep.data.flowio import read_flow
+from motionrep.data.flowio import read_flow, read_mask_png
 
 LAYOUTS = {
     "chairs": "ROOT/FlyingChairs_release/data/<id>_{img1,img2}.ppm, <id>_flow.flo (+ FlyingChairs_train_val.txt)",
@@ -80,9 +80,9 @@ def read_any_flow(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 class FlowPairs(Dataset):
-    """Listed ``(image1, image2, flow file)`` triples read on demand."""
+    """Listed ``(image1, image2, flow file[, invalid-mask PNG])`` entries read on demand."""
 
-    def __init__(self, name: str, triples: Sequence[tuple[Path, Path, Path]]):
+    def __init__(self, name: str, triples: Sequence[tuple[Path, ...]]):
         if not triples:
             raise DatasetLayoutError(f"{name}: no flow pairs found")
         self.name, self.triples = name, list(triples)
@@ -91,8 +91,10 @@ class FlowPairs(Dataset):
         return len(self.triples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        p1, p2, pf = self.triples[i]
+        p1, p2, pf, *invalid = self.triples[i]
         flow, valid = read_any_flow(pf)
+        if invalid:
+            valid = ~read_mask_png(invalid[0]) if valid is None else valid & ~read_mask_png(invalid[0])
         image1, image2 = read_image(p1), read_image(p2)
         if image1.shape != image2.shape or tuple(image1.shape[1:]) != flow.shape[1:]:
             raise ValueError(f"{self.name}: sizes of {p1}, {p2} and {pf} differ")
@@ -132,7 +134,7 @@ def sintel(
     root: str | Path, split: str = "training", passes: Sequence[str] = ("clean",), scenes: Sequence[str] | None = None
 ) -> FlowPairs:
     """MPI-Sintel consecutive pairs of the given passes; ``scenes`` restricts to named sequences (e.g. a held-out
-    validation subset)."""
+    validation subset). Pixels marked in ``training/invalid/<scene>/`` are invalid."""
     base = _find(Path(root), ["MPI-Sintel-complete", "Sintel", "MPI-Sintel"], split, "sintel") / split
     triples = []
     for p in passes:
@@ -143,7 +145,9 @@ def sintel(
                 continue
             frames = sorted(scene.glob("frame_*.png"))
             for a, b in zip(frames[:-1], frames[1:], strict=True):
-                triples.append((a, b, base / "flow" / scene.name / f"{a.stem}.flo"))
+                invalid = base / "invalid" / scene.name / a.name
+                entry = (a, b, base / "flow" / scene.name / f"{a.stem}.flo")
+                triples.append((*entry, invalid) if invalid.is_file() else entry)
     return FlowPairs("sintel", [t for t in triples if t[2].is_file()])
 
 

@@ -26,26 +26,16 @@ from tqdm.auto import tqdm
 from motionrep.data.catalog import DatasetLayoutError, davis2017
 from motionrep.data.flow_datasets import read_image
 from motionrep.data.flowio import read_label_png
-from motionrep.data.labeled import Clip, FlowSet, SegSet
+from motionrep.data.labeled import CITYSCAPES_CLASSES, CITYSCAPES_EVAL_IDS, VOC_CLASSES, Clip, FlowSet, SegSet
 from motionrep.train import dist
-
-VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-]  # fmt: skip
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]  # fmt: skip
-# Cityscapes labelIds -> trainIds (19 evaluated classes, 255 elsewhere), from the official cityscapesScripts table.
-_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
 
 SEG_LAYOUTS = {
     "voc": "ROOT/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass[Aug]/<id>.png, "
     "ImageSets/Segmentation/<split>.txt} (or ROOT = the VOC2012 folder)",
     "ade20k": "ROOT/ADEChallengeData2016/{images,annotations}/{training,validation}/<id>.{jpg,png}",
     "cityscapes": "ROOT/{leftImg8bit,gtFine}/<split>/<city>/<id>_{leftImg8bit,gtFine_labelIds}.png",
+    "bdd100k": "ROOT/images/10k/<split>/<id>.jpg with ROOT/labels/sem_seg/masks/<split>/<id>.png, or "
+    "ROOT/seg/images/<split>/<id>.jpg with ROOT/seg/labels/<split>/<id>_train_id.png",
 }
 
 
@@ -114,9 +104,11 @@ def _require(paths: list[Path], name: str) -> list[Path]:
 
 
 def seg_files(name: str, root: str | Path, split: str) -> SegFiles:
-    """A segmentation dataset in its on-disk layout (:data:`SEG_LAYOUTS`): ``voc`` (splits ``train``, ``val``,
-    ``trainaug`` with ``SegmentationClassAug``), ``ade20k`` (``training``, ``validation``; 150 classes, label 0
-    ignored) or ``cityscapes`` (``train``, ``val``; labelIds mapped to the 19 trainIds)."""
+    """A segmentation dataset in its on-disk layout (:data:`SEG_LAYOUTS`; the layouts and class lists of
+    :mod:`motionrep.data.labeled`, read at full resolution): ``voc`` (splits ``train``, ``val``, ``trainaug`` with
+    ``SegmentationClassAug``), ``ade20k`` (``training``/``train``, ``validation``/``val``; 150 classes, label 0
+    ignored), ``cityscapes`` (``train``, ``val``; labelIds mapped to the 19 trainIds) or ``bdd100k`` (19 train
+    ids)."""
     root = Path(root)
     if name not in SEG_LAYOUTS:
         raise ValueError(f"unknown segmentation dataset {name!r}; choose from {', '.join(SEG_LAYOUTS)}")
@@ -130,7 +122,18 @@ def seg_files(name: str, root: str | Path, split: str) -> SegFiles:
         label_dir = base / ("SegmentationClassAug" if split == "trainaug" else "SegmentationClass")
         images = _require([base / "JPEGImages" / f"{i}.jpg" for i in ids], "voc")
         return SegFiles(images, _require([label_dir / f"{i}.png" for i in ids], "voc"), VOC_CLASSES)
+    if name == "bdd100k":
+        for img_dir, label_dir, suffix in (
+            (root / "images" / "10k" / split, root / "labels" / "sem_seg" / "masks" / split, ".png"),
+            (root / "seg" / "images" / split, root / "seg" / "labels" / split, "_train_id.png"),
+        ):
+            images = sorted(img_dir.glob("*.jpg"))
+            if images:
+                labels = _require([label_dir / f"{p.stem}{suffix}" for p in images], "bdd100k")
+                return SegFiles(images, labels, CITYSCAPES_CLASSES)
+        raise DatasetLayoutError(f"bdd100k: no images for split {split!r} under {root}; expected {SEG_LAYOUTS[name]}")
     if name == "ade20k":
+        split = {"train": "training", "val": "validation"}.get(split, split)
         base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
         images = sorted((base / "images" / split).glob("*.jpg"))
         if not images:
@@ -149,7 +152,7 @@ def seg_files(name: str, root: str | Path, split: str) -> SegFiles:
         for p in images
     ]
     lut = np.full(256, 255, dtype=np.int64)
-    lut[list(_CITYSCAPES_TRAIN_IDS)] = list(_CITYSCAPES_TRAIN_IDS.values())
+    lut[CITYSCAPES_EVAL_IDS] = np.arange(len(CITYSCAPES_EVAL_IDS))
     return SegFiles(images, _require(labels, "cityscapes"), CITYSCAPES_CLASSES, 255, lut)
 
 
