@@ -126,6 +126,8 @@ def _seg_command(linear: bool):
             train, val = _seg_sets(dataset, data, (train_split, val_split), preset, (train_videos, eval_videos), seed)
             chosen = list(_ints(levels)) if levels else None
             if features == "backward":
+                if random_init:
+                    raise ValueError("--features backward reads a trained Midway run; drop --random-init")
                 name, encoder, dynamics = _midway(model, dev)
                 objective = dynamics.config.objective_levels
                 chosen = chosen or ([objective[0]] if linear else objective)
