@@ -41,13 +41,15 @@ def identity_run(tmp_path_factory):
 def test_perturb_writes_metrics_and_figures(identity_run, tmp_path):
     out = tmp_path / "out"
     args = ["analyze", "perturb", str(identity_run), "--out", str(out), "--videos", "2", "--samples", "2"]
-    result = RUNNER.invoke(app, [*args, "--figures", "1"])
+    result = RUNNER.invoke(app, [*args, "--figures", "1", "--gap", "7"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["level"] == 3 and metrics["pairs"] == 14  # 2 clips of 8 frames, gap 1
-    # An identity predictor sends every perturbation back to its own token.
+    assert metrics["level"] == 3 and metrics["pairs"] == 2  # 2 clips of 8 frames, frames 0 and 7
+    # An identity predictor sends every perturbation back to its own token: right exactly where nothing moved.
     assert metrics["peak_identity"] == 1.0
-    assert metrics["peak_exact"] <= metrics["peak_within1"]
+    assert 0.0 < metrics["moved_fraction"] < 1.0
+    assert metrics["peak_exact_moved"] == 0.0
+    assert metrics["peak_exact"] == pytest.approx(1.0 - metrics["moved_fraction"])
     for key in ("track_top1_acc", "track_topk_sim_acc", "track_nn_acc"):
         assert 0.0 <= metrics[key] <= 1.0
     assert sorted(p.name for p in out.glob("*.png")) == ["heatmaps_val_00000.png", "tracks_val_00000.png"]
@@ -60,6 +62,7 @@ def test_perturb_from_a_checkpoint_file_and_backward_site(identity_run, tmp_path
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["level"] == 1 and metrics["site"] == "backward" and metrics["pairs"] == 3
+    assert metrics["moved_fraction"] == 0.0 and metrics["peak_exact_moved"] is None  # 2-frame steps: < 1/2 token
 
 
 @pytest.mark.parametrize(

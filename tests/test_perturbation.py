@@ -78,6 +78,7 @@ def test_peak_hits_and_tracking_scores():
     assert torch.equal(hits["exact"], cols > 0)  # column 0 peaks wrap to column 3; its truth is clamped to 0
     assert torch.equal(hits["within1"], cols > 0)
     assert not hits["identity"].any()
+    assert torch.equal(hits["moved"], cols > 0)  # column 0's truth leaves the frame and is clamped onto itself
     tokens = torch.tensor([[5, 6], [6, 6], [7, 10]])
     tracks = centres[tokens] + 1.0
     tracks[2, 1] = centres[14]  # truth one row below the prediction

@@ -27,7 +27,9 @@ def perturb(
     videos: int = typer.Option(4, help="Synthetic clips to analyse."),
     split: str = typer.Option("val", help="Synthetic-world split."),
     preset: str = typer.Option(None, help="Synthetic-world preset (default: the run's data.synth_preset)."),
-    gap: int = typer.Option(1, help="Frames between the two frames of a pair (and between tracking steps)."),
+    gap: int = typer.Option(
+        4, help="Frames between the two frames of a pair (and between tracking steps); pick it so content moves."
+    ),
     figures: int = typer.Option(2, help="Clips that get heatmap and track figures."),
     seed: int = typer.Option(0, help="Seed of the random tangents."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
@@ -53,8 +55,10 @@ def perturb(
     level_used = cfg.level or method.cfg.method.midway.objective_levels[-1]
     record = {"run": str(run), "level": level_used, "site": site, "samples": samples, "videos": videos, **metrics}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    for key in ("peak_within1", "peak_identity", "track_top1_acc", "track_topk_sim_acc", "track_nn_acc"):
-        typer.echo(f"{key:>20}: {metrics[key]:.3f}")
+    keys = ("moved_fraction", "peak_within1", "peak_within1_moved", "peak_identity", "track_top1_acc")
+    for key in (*keys, "track_topk_sim_acc", "track_nn_acc"):
+        value = metrics[key]
+        typer.echo(f"{key:>20}: " + ("n/a (no token moved)" if value is None else f"{value:.3f}"))
     typer.echo(f"metrics and figures in {out}")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from torch.func import jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from motionrep.models.dynamics import MidwayDynamics, cls_and_patches
-from motionrep.ops.points import grid_points, token_rc
+from motionrep.ops.points import ViewTransform, grid_points, inside, token_rc
 
 SITES = ("encoder", "backward")
 
@@ -150,15 +150,17 @@ def peak_hits(
     heatmaps: torch.Tensor, target_xy: torch.Tensor, valid: torch.Tensor, patch: int, grid: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
     """Per source token: is the heatmap peak within one token (Chebyshev) of the token containing the true target
-    position, exactly on it, or on the source token itself? ``heatmaps`` (..., hw, hw), ``target_xy`` (..., hw, 2),
-    ``valid`` (..., hw). Returns bool tensors (..., hw) and the ``valid`` mask."""
+    position, exactly on it, or on the source token itself, and did the content move to another token at all?
+    ``heatmaps`` (..., hw, hw), ``target_xy`` (..., hw, 2), ``valid`` (..., hw). Returns bool tensors (..., hw) and
+    the ``valid`` mask."""
     w = grid[1]
     peak = heatmaps.argmax(-1)
     pr, pc = peak // w, peak % w
     tr, tc = token_rc(target_xy, patch, grid)
     dist = torch.maximum((pr - tr).abs(), (pc - tc).abs())
     source = torch.arange(heatmaps.shape[-2], device=heatmaps.device)
-    return {"within1": dist <= 1, "exact": dist == 0, "identity": peak == source, "valid": valid}
+    moved = tr * w + tc != source
+    return {"within1": dist <= 1, "exact": dist == 0, "identity": peak == source, "moved": moved, "valid": valid}
 
 
 def chain_tracks(
@@ -239,7 +241,12 @@ def plot_heatmaps(
 
 
 def plot_tracks(
-    frames: torch.Tensor, tokens: dict[str, torch.Tensor], tracks: torch.Tensor, patch: int, grid, path: Path
+    frames: torch.Tensor,
+    tokens: dict[str, torch.Tensor],
+    tracks: torch.Tensor,
+    patch: int,
+    grid: tuple[int, int],
+    path: Path,
 ) -> None:
     """First and last frame with the ground-truth tracks and each strategy's token-centre tracks."""
     import matplotlib
@@ -279,10 +286,9 @@ def load_midway(path: str | Path, device: str | torch.device = "cpu") -> nn.Modu
     return method
 
 
-def _frames(video, size: int, device) -> tuple[torch.Tensor, object]:
+def _frames(video, size: int, device: torch.device) -> tuple[torch.Tensor, ViewTransform]:
     """Float frames (T, 3, size, size) in [0, 1] and the transform of points from the video to them."""
     from motionrep.data.views import resize
-    from motionrep.ops.points import ViewTransform
 
     frames = torch.from_numpy(video.frames).permute(0, 3, 1, 2).float().div_(255.0)
     wh = (frames.shape[-1], frames.shape[-2])
@@ -291,19 +297,17 @@ def _frames(video, size: int, device) -> tuple[torch.Tensor, object]:
 
 def analyze_synthetic(
     method: nn.Module,
-    world,
+    world: Sequence,
     cfg: PerturbConfig,
     out_dir: Path,
     gap: int = 1,
     figures: int = 2,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Heatmaps, peak scores and chained tracking on every clip of a synthetic ``world`` (frames ``0, gap, 2 gap``
     ...) at the model's motion-crop size; writes figures for the first ``figures`` clips into ``out_dir`` and
     returns the metrics (fractions in [0, 1], distances in tokens)."""
     from tqdm.auto import tqdm
-
-    from motionrep.ops.points import inside
 
     device = next(method.parameters()).device
     size, patch = method.cfg.data.motion_size, method.encoder.patch_size
@@ -351,13 +355,20 @@ def analyze_synthetic(
     return _summarise(hits, tokens, tracks, visible, patch, out.grid)
 
 
-def _summarise(hits, tokens, tracks, visible, patch, grid) -> dict[str, float]:
+def _summarise(
+    hits: list[dict], tokens: list[dict], tracks: list, visible: list, patch: int, grid: tuple[int, int]
+) -> dict[str, float | None]:
     valid = torch.cat([h["valid"].flatten() for h in hits])
     if not valid.any():
         raise ValueError("no source token has a visible ground-truth target; use more clips or a smaller gap")
+    moved = torch.cat([h["moved"].flatten() for h in hits]) & valid
     metrics = {"pairs": float(sum(h["valid"].shape[0] for h in hits)), "tokens_scored": float(valid.sum())}
+    metrics["moved_fraction"] = (moved.sum() / valid.sum()).item()
     for key in ("within1", "exact", "identity"):
-        metrics[f"peak_{key}"] = torch.cat([h[key].flatten() for h in hits])[valid].float().mean().item()
+        hit = torch.cat([h[key].flatten() for h in hits])
+        metrics[f"peak_{key}"] = hit[valid].float().mean().item()
+        # Tokens whose content left its token: where an identity predictor is wrong (None when there are none).
+        metrics[f"peak_{key}_moved"] = hit[moved].float().mean().item() if moved.any() else None
     gt, vis = torch.cat(tracks, dim=1), torch.cat(visible, dim=1)
     for name in tokens[0]:
         scores = tracking_scores(torch.cat([t[name] for t in tokens], dim=1), gt, vis, patch, grid)
