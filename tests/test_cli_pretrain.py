@@ -64,6 +64,8 @@ def test_user_errors_are_clean(tmp_path):
     )
     assert missing.exit_code == 1 and "cannot build the training data" in missing.output
     assert "Traceback" not in missing.output and not (tmp_path / "config.yaml").exists()
+    too_few = runner.invoke(app, ["pretrain", "micro", "data.synth_videos=1", "--out", str(tmp_path / "few")])
+    assert too_few.exit_code == 1 and "fewer than one batch" in too_few.output and "Traceback" not in too_few.output
     if importlib.util.find_spec("tensorboard") is None:
         tb = runner.invoke(app, ["pretrain", "micro", "train.tensorboard=true", "--out", str(tmp_path / "tb")])
         assert tb.exit_code == 1 and "motionrep[tensorboard]" in tb.output and not (tmp_path / "tb").exists()

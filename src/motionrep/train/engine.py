@@ -148,13 +148,16 @@ def build_dataset(cfg: Config) -> Any:
 def build_loader_for(cfg: Config, dataset: Any, world: int):
     from motionrep.data.loader import build_loader
 
-    return build_loader(
-        dataset,
-        batch_size=micro_batch_size(cfg, world),
-        workers=cfg.train.workers,
-        seed=cfg.train.seed,
-        distributed=world > 1,
-    )
+    try:
+        return build_loader(
+            dataset,
+            batch_size=micro_batch_size(cfg, world),
+            workers=cfg.train.workers,
+            seed=cfg.train.seed,
+            distributed=world > 1,
+        )
+    except ValueError as e:  # e.g. fewer videos than one batch: a data/config mistake, not a crash
+        raise DatasetError(f"cannot batch the training data ({cfg.data.source}): {e}") from e
 
 
 def checkpoint_state(
