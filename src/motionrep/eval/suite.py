@@ -42,7 +42,6 @@ from motionrep.train import dist
 
 PROTOCOLS = ("seg_linear", "overcluster", "incontext", "propagation", "flow_probe", "flow_match", "tracking")
 RECOGNITION = ("seg_linear", "overcluster", "incontext", "propagation")
-MOTION = ("flow_probe", "flow_match", "tracking")
 BASELINES = ("random", "pixels", "dis", "supervised")
 
 
