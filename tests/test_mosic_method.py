@@ -247,7 +247,7 @@ def test_loss_statistics_and_loss_norm_switch():
         ({"symmetric": True, "assignment": "propagate_frame0"}, "symmetric"),
         ({"sampling": mosic.SamplingConfig(student="nearest")}, "sampling.student"),
         ({"trainable_blocks": 0}, "trainable_blocks"),
-        ({"mask_ratio": 1.0}, "mask ratio"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"loss_norm": "mean"}, "loss_norm"),
     ],
 )

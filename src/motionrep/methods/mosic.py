@@ -74,8 +74,9 @@ class ClipViewKeys:
 
 @dataclass
 class MoSiCConfig(MethodConfig):
-    """The ``method.*`` keys of MoSiC (mosic.md §8.6). ``init``: the pretrained encoder to start from — a motionrep
-    run directory or checkpoint, or an official DINO / DINOv2 state dict (``.pth`` / ``.safetensors``)."""
+    """The ``method.*`` keys of MoSiC (mosic.md §8.6; ``docs/methods/mosic.md``). ``init``: the pretrained encoder
+    to start from, any file :func:`motionrep.models.weights.load_encoder_into` reads (a motionrep run directory,
+    checkpoint or export, an official DINO / DINOv2 / Midway / MoSiC file)."""
 
     name: str = "mosic"
     init: str | None = None
@@ -124,7 +125,8 @@ class MoSiCConfig(MethodConfig):
             raise ValueError("method.views.flip_p must be in [0, 1]")
         if self.backbone_lr_scale < 0:
             raise ValueError("method.backbone_lr_scale must be >= 0")
-        num_dropped(1, self.mask_ratio)  # range check
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"method.mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.sinkhorn.epsilon <= 0 or self.sinkhorn.iterations < 1:
             raise ValueError("method.sinkhorn needs epsilon > 0 and iterations >= 1")
         tb = self.trainable_blocks
