@@ -84,6 +84,17 @@ def test_track_token_kept_uses_the_token_under_each_point():
     assert got.tolist() == [[[False, True], [True, False]]]
 
 
+def test_bilinear_reads_need_every_interpolated_token_kept():
+    p, s = 8, 4
+    kept = torch.ones(1, s * s, dtype=torch.bool)
+    kept[0, 1 * s + 2] = False  # token (row 1, col 2), centre at pixel (19.5, 11.5)
+    # (x, y): centre of the kept neighbour (row 1, col 1); nearly halfway to the dropped token; the dropped
+    # token's centre; a point inside the kept token (row 1, col 1) but interpolating from the dropped one
+    tracks = torch.tensor([[[[11.5, 11.5], [15.4, 11.5], [19.5, 11.5], [14.0, 11.5]]]])
+    assert track_token_kept(kept, tracks, p, (s, s), "token").tolist() == [[[True, True, False, True]]]
+    assert track_token_kept(kept, tracks, p, (s, s), "bilinear").tolist() == [[[True, False, False, False]]]
+
+
 def test_cross_entropy_matches_torch_reference_hard_and_soft():
     b, t, n, k, tau = 2, 3, 5, 7, 0.1
     student = torch.randn(b, 1, n, k)

@@ -331,10 +331,11 @@ class MoSiC(Method):
         kept = None if keep is None else kept_mask(keep, num_tokens)
 
         def weights(pred_tracks: torch.Tensor) -> torch.Tensor:
-            """Visibility × in-crop × whether the student token making the prediction was kept."""
+            """Visibility × in-crop × whether the student tokens making the prediction were kept."""
             if kept is None:
                 return base
-            return base * track_token_kept(kept, pred_tracks, self.encoder.patch_size, grid_hw).float()
+            used = track_token_kept(kept, pred_tracks, self.encoder.patch_size, grid_hw, cfg.sampling.student)
+            return base * used.float()
 
         tau, soft = cfg.student_temp, cfg.soft_targets
         if cfg.assignment == "per_frame_joint":

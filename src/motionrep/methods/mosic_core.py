@@ -74,10 +74,19 @@ def sample_tracks(
     return flat.view(b, t, n, -1)
 
 
-def track_token_kept(kept: torch.Tensor, tracks: torch.Tensor, patch: int, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Whether the token containing each track point survived masking: kept (B, s2) bool, tracks (B, T, N, 2) →
-    (B, T, N) bool. The kept set is shared by all frames of a clip."""
+def track_token_kept(
+    kept: torch.Tensor, tracks: torch.Tensor, patch: int, grid_hw: tuple[int, int], mode: str = "token"
+) -> torch.Tensor:
+    """Whether every token a track point's feature is read from survived masking: kept (B, s2) bool, tracks
+    (B, T, N, 2) → (B, T, N) bool (the kept set is shared by all frames of a clip).
+
+    ``token``: the token containing the point. ``bilinear``: every token with a non-zero interpolation weight (the
+    kept mask sampled like the features equals 1).
+    """
     b, t, n, _ = tracks.shape
+    if mode == "bilinear":
+        mask = kept.float()[:, None, :, None].expand(b, t, -1, 1)
+        return sample_tracks(mask, tracks, patch, grid_hw, mode="bilinear")[..., 0] > 1.0 - 1e-6
     idx = token_index(tracks, patch, grid_hw).view(b, t * n)
     return kept.gather(1, idx).view(b, t, n)
 
