@@ -42,8 +42,9 @@ def grads(model: MoSiC) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_frame0_only_student_equals_full_computation():
-    model = make()
+@pytest.mark.parametrize("ema_teacher", [True, False])
+def test_frame0_only_student_equals_full_computation(ema_teacher):
+    model = make(ema_teacher=ema_teacher)
     data = clip()
     torch.manual_seed(1)
     fast = model.compute_losses(*data)

@@ -231,11 +231,10 @@ class MoSiC(Method):
         ]
 
     def student_frames(self, num_frames: int) -> int:
-        """How many leading frames the student encodes: only frame 0 when only frame-0 predictions enter the loss
-        (``per_frame_joint`` without the symmetric term, with an EMA teacher providing the targets)."""
+        """How many leading frames the student encodes with gradients: only frame 0 when only frame-0 predictions
+        enter the loss (``per_frame_joint`` without the symmetric term)."""
         mc = self.method_cfg
-        frame0_only = mc.assignment == "per_frame_joint" and not mc.symmetric and mc.ema_teacher
-        return 1 if frame0_only else num_frames
+        return 1 if mc.assignment == "per_frame_joint" and not mc.symmetric else num_frames
 
     def teacher_frames(self, num_frames: int) -> int:
         """How many leading frames get OT targets: frame 0 only when they are propagated along the tracks."""
@@ -268,6 +267,19 @@ class MoSiC(Method):
         """Cosine scores (B, T, N, K) of the projected features at the track points; tokens (B, T, s2, D)."""
         return prototypes(head(sample_tracks(tokens, tracks, self.encoder.patch_size, grid_hw, mode=mode)))
 
+    def _student_scores(
+        self, frames: torch.Tensor, tracks: torch.Tensor, keep: torch.Tensor | None, grid_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """Student scores (B, T', N, K) of clips (B, T', 3, H, W), with the clip's kept tokens (B, K_keep) if any."""
+        b, t = frames.shape[:2]
+        num_tokens = grid_hw[0] * grid_hw[1]
+        frame_keep = None if keep is None else keep.repeat_interleave(t, dim=0)
+        tokens = self._student_tokens(frames.flatten(0, 1), frame_keep)
+        if frame_keep is not None:
+            tokens = scatter_kept(tokens, frame_keep, num_tokens)
+        tokens = tokens.view(b, t, num_tokens, -1)
+        return self._scores(tokens, tracks, grid_hw, self.method_cfg.sampling.student, self.head, self.prototypes)
+
     def compute_losses(
         self,
         frames: torch.Tensor,
@@ -296,18 +308,7 @@ class MoSiC(Method):
             if num_dropped(num_tokens, cfg.mask_ratio)
             else None
         )
-        frame_keep = None if keep is None else keep.repeat_interleave(ts, dim=0)
-        s_tokens = self._student_tokens(frames[:, :ts].flatten(0, 1), frame_keep)
-        if keep is not None:
-            s_tokens = scatter_kept(s_tokens, frame_keep, num_tokens)
-        s_scores = self._scores(
-            s_tokens.view(b, ts, num_tokens, -1),
-            tracks[:, :ts],
-            grid_hw,
-            cfg.sampling.student,
-            self.head,
-            self.prototypes,
-        )
+        s_scores = self._student_scores(frames[:, :ts], tracks[:, :ts], keep, grid_hw)
 
         tt = self.teacher_frames(t)
         epsilon = cfg.sinkhorn.epsilon
@@ -323,8 +324,12 @@ class MoSiC(Method):
                     self.teacher_head,
                     self.teacher_prototypes,
                 )
-        else:
+        else:  # the student's own (masked) scores, detached, at every frame that needs a target
             t_scores, epsilon = s_scores[:, :tt].detach(), 2.0 * epsilon
+            if tt > ts:
+                with torch.no_grad():
+                    rest = self._student_scores(frames[:, ts:tt], tracks[:, ts:tt], keep, grid_hw)
+                t_scores = torch.cat([t_scores, rest], dim=1)
         targets = ot_assignments(t_scores, epsilon, cfg.sinkhorn.iterations, cfg.sinkhorn.log_domain)
 
         base = visible.float() if in_crop is None else visible.float() * in_crop.float()
