@@ -169,3 +169,9 @@ def test_cached_features_compute_each_tensor_once():
     fa = extract(cached, a)
     assert extract(cached, a) is fa and calls == [3]
     assert torch.allclose(extract(cached, b), PixelFeatures(8)(b)) and calls == [3, 2]
+
+
+def test_downsample_labels_takes_the_top_left_pixel():
+    labels = torch.arange(16).view(1, 4, 4)
+    assert torch.equal(S.downsample_labels(labels, 2), labels[:, ::2, ::2])
+    assert S.downsample_labels(labels, 1) is labels

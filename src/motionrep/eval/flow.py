@@ -87,13 +87,14 @@ class ResidualConvUnit(nn.Module):
 
 
 class FlowHead(nn.Module):
-    """A light DPT-style decoder: 1x1 projection, then ``log2(stride)`` stages of residual unit + 2x bilinear
-    upsampling, a 3x3 output convolution to (dx, dy), and a final resize to the exact image size."""
+    """A light DPT-style decoder: 1x1 projection, then ``log2(stride) - 1`` stages of residual unit + 2x bilinear
+    upsampling (to half the image resolution, like DPT's head), a 3x3 output convolution to (dx, dy), and a final
+    bilinear resize to the exact image size."""
 
     def __init__(self, in_dim: int, stride: int, width: int = 32):
         super().__init__()
         self.proj = nn.Conv2d(in_dim, width, 1)
-        self.stages = nn.ModuleList(ResidualConvUnit(width) for _ in range(max(0, int(math.log2(stride)))))
+        self.stages = nn.ModuleList(ResidualConvUnit(width) for _ in range(max(0, round(math.log2(stride)) - 1)))
         self.out = nn.Conv2d(width, 2, 3, padding=1)
         self.stride = stride
 

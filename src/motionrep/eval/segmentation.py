@@ -62,6 +62,14 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(t - mean) / std for t in (train, *others)]
 
 
+def downsample_labels(labels: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour downsampling of label maps ``(N, H, W)`` by an integer factor (identity for 1)."""
+    if factor <= 1:
+        return labels
+    size = (labels.shape[-2] // factor, labels.shape[-1] // factor)
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
 def seg_linear(
     extractor: FeatureExtractor,
     train: SegSet,
@@ -71,10 +79,14 @@ def seg_linear(
     lr: float = 1e-3,
     optimizer: str = "adamw",
     weight_decay: float = 1e-4,
+    train_downsample: int = 2,
     seed: int = 0,
 ) -> SegResult:
     """Linear probe: a 1x1 convolution on frozen, standardised patch features, bilinearly upsampled to the label
-    resolution, trained with cross-entropy (ignore index) under a cosine schedule. Metrics ``miou``, ``acc``."""
+    resolution, trained with cross-entropy (ignore index) under a cosine schedule. Metrics ``miou``, ``acc``.
+
+    Training compares logits and nearest-downsampled labels at ``1 / train_downsample`` of the label resolution
+    (as NeCo trains at 100x100); scoring is at the full label resolution."""
     ftrain, fval = standardise(
         extract(extractor, train.images, desc="seg_linear train"), extract(extractor, val.images)
     )
@@ -88,11 +100,12 @@ def seg_linear(
         raise ValueError(f"unknown optimizer {optimizer!r}; expected adamw or sgd")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
-    hw = tuple(train.labels.shape[-2:])
+    labels = downsample_labels(train.labels, train_downsample)
+    hw = tuple(labels.shape[-2:])
     for _ in tqdm(range(steps), desc="seg_linear", leave=False, disable=not dist.is_main() or None):
         idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)
         logits = F.interpolate(head(ftrain[idx].to(device)), size=hw, mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, train.labels[idx].to(device), ignore_index=train.ignore_index)
+        loss = F.cross_entropy(logits, labels[idx].to(device), ignore_index=train.ignore_index)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -311,8 +324,8 @@ def train_supervised(
     seed: int = 0,
 ) -> nn.Module:
     """Supervised upper bound: train ``encoder`` (in place) with a 1x1 linear head on its last patch tokens,
-    upsampled to the label resolution, by cross-entropy on ``train`` (random horizontal flips; AdamW, 5 % linear
-    warm-up then cosine). Returns the encoder in eval mode."""
+    upsampled to half the label resolution, by cross-entropy on ``train`` (random horizontal flips; AdamW, 5 %
+    linear warm-up then cosine). Returns the encoder in eval mode."""
     from motionrep.eval.features import ViTFeatures, to_float_images
 
     device = module_device(encoder)
@@ -325,11 +338,12 @@ def train_supervised(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1)))
     )
     gen = torch.Generator().manual_seed(seed)
-    hw = tuple(train.labels.shape[-2:])
+    all_labels = downsample_labels(train.labels, 2)
+    hw = tuple(all_labels.shape[-2:])
     encoder.train()
     for _ in tqdm(range(steps), desc="supervised", leave=False, disable=not dist.is_main() or None):
         idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)
-        images, labels = to_float_images(train.images[idx].to(device)), train.labels[idx].to(device)
+        images, labels = to_float_images(train.images[idx].to(device)), all_labels[idx].to(device)
         flip = torch.rand(len(idx), generator=gen).to(device) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         labels = torch.where(flip[:, None, None], labels.flip(-1), labels)
