@@ -100,13 +100,12 @@ def videos_to_data(
     masks and ground-truth tracks."""
 
     def split(videos: Sequence, desc: str) -> tuple[SegSet, FlowSet, list[Clip]]:
-        images, labels, f1, f2, flows, valids, clips = [], [], [], [], [], [], []
+        images, labels, f2, flows, valids, clips = [], [], [], [], [], []
         for v in tqdm(videos, desc=desc, leave=False, disable=not dist.is_main() or None):
             frames = _frames_tensor(v.frames)
             t = torch.arange(0, len(frames) - 1, frame_step)
             images.append(frames[t])
             labels.append(torch.from_numpy(v.semantic[t.numpy()].astype(np.int64)))
-            f1.append(frames[t])
             f2.append(frames[t + 1])
             flows.append(torch.from_numpy(v.flow[t.numpy()]))
             valids.append(torch.from_numpy(v.valid[t.numpy()]))
@@ -120,7 +119,8 @@ def videos_to_data(
                 )
             )
         seg = SegSet(torch.cat(images), torch.cat(labels), class_names, ignore_index)
-        flow = FlowSet(torch.cat(f1), torch.cat(f2), torch.cat(flows), torch.cat(valids))
+        # The first frames of the pairs are the labelled frames: one tensor, so their features are computed once.
+        flow = FlowSet(seg.images, torch.cat(f2), torch.cat(flows), torch.cat(valids))
         return seg, flow, clips
 
     if len(train) == 0 or len(val) == 0:
