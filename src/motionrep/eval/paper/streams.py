@@ -1,7 +1,7 @@
 """Streaming data for the paper protocols: map-style datasets read item by item, rank sharding, seeded samplers.
 
 * Segmentation items are ``(image uint8 (3, H, W), label int64 (H, W))``; a dataset also carries ``class_names``
-  and ``ignore_index``. :class:`SegFiles` reads image/label file pairs (VOC, ADE20K, Cityscapes layouts:
+  and ``ignore_index``. :class:`SegFiles` reads image/label file pairs (VOC, ADE20K, Cityscapes, BDD100K layouts:
   :func:`seg_files`); :class:`SegSetItems` wraps an in-memory :class:`~motionrep.data.labeled.SegSet` (the
   synthetic world).
 * Flow items are ``(image1, image2, flow, valid)`` (:mod:`motionrep.data.flow_datasets`; :class:`FlowSetItems`
