@@ -11,7 +11,20 @@ from motionrep.config import load_config, to_yaml
 from motionrep.eval.suite import EvalError, load_encoder
 from motionrep.methods import get_method
 
-FAST = ["--preset", "tiny", "--train-videos", "2", "--eval-videos", "1", "--seg-steps", "3", "--flow-steps", "3"]
+FAST = [
+    "--threads",
+    "1",
+    "--preset",
+    "tiny",
+    "--train-videos",
+    "2",
+    "--eval-videos",
+    "1",
+    "--seg-steps",
+    "3",
+    "--flow-steps",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         memory_size: int = typer.Option(20480, help="In-context memory bank size (patches)."),
         tap: int = typer.Option(0, help="Encoder block to evaluate (1-indexed; 0: last)."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        threads: int = typer.Option(0, help="CPU threads for torch (0: torch's default)."),
         figures: bool = typer.Option(True, help="Write figures into the report."),
         seed: int = typer.Option(0, help="Seed of every probe and of the random initialisation."),
     ) -> None:
@@ -45,6 +46,10 @@ def register(app: typer.Typer) -> None:
         from motionrep.eval import suite as S
         from motionrep.train import dist
 
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
         info = dist.init_distributed(device)
         try:
             cfg = S.SuiteConfig(
