@@ -307,7 +307,7 @@ def test_load_split_errors(tmp_path):
         load_split(tmp_path, "val")
 
 
-def test_cli_synth_and_demo(tmp_path):
+def test_cli_synth(tmp_path):
     from motionrep.cli import app
 
     runner = CliRunner()
@@ -321,6 +321,3 @@ def test_cli_synth_and_demo(tmp_path):
     assert bad.exit_code != 0 and "unknown synth preset" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, ["synth", "--preset", "tiny", "--split", "dev", "--out", str(out)])
     assert bad.exit_code != 0 and "split" in bad.output
-    demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--quick"])
-    assert demo.exit_code == 0, demo.output
-    assert "videos" in demo.output and "occluded" in demo.output
