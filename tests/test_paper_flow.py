@@ -167,6 +167,15 @@ def test_gradients_reach_encoder_dynamics_and_head():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
+def test_shared_encoder_gets_gradients_through_the_second_frame():
+    enc = build_vit("vit-micro")
+    model = FlowModel(enc, baseline_dynamics(enc), width=16)
+    image2 = torch.rand(1, 3, 16, 24, requires_grad=True)
+    flow, _ = model(torch.rand(1, 3, 16, 24), image2)
+    flow.square().mean().backward()
+    assert image2.grad is not None and image2.grad.abs().sum() > 0
+
+
 def _finetune(root: str, frozen: bool = False):
     torch.manual_seed(0)
     enc = build_vit("vit-micro")

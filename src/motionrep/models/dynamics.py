@@ -307,12 +307,21 @@ class MidwayDynamics(nn.Module):
         return torch.cat(halves, dim=1)
 
     def infer_motion(
-        self, i: int, motion: torch.Tensor, source: torch.Tensor, target: torch.Tensor, pos: torch.Tensor
+        self,
+        i: int,
+        motion: torch.Tensor,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        pos: torch.Tensor,
+        detach_target: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Midway transformer of level index ``i`` -> (new motion tokens (B, T, d_m), target-side tokens)."""
+        """Midway transformer of level index ``i`` -> (new motion tokens (B, T, d_m), target-side tokens).
+
+        ``detach_target=False`` lets gradients reach the target features (flow finetuning with one shared encoder).
+        """
         n = source.shape[1]
-        with torch.no_grad():
-            target_tokens = self.teacher_embed(target.detach())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_target):
+            target_tokens = self.teacher_embed(target.detach() if detach_target else target)
         x = torch.cat([motion, self.student_embed(source) + pos[:, :n], target_tokens + pos[:, n:]], dim=1)
         for block in self.midway_blocks[i]:
             x = block(x)
@@ -335,15 +344,19 @@ class MidwayDynamics(nn.Module):
         source: Sequence[torch.Tensor],
         target: Sequence[torch.Tensor],
         grid_hw: tuple[int, int] | None = None,
+        detach_target: bool = True,
     ) -> DynamicsOutput:
         """One direction: ``source[k]`` are student features and ``target[k]`` teacher features (no gradient) at
-        ``levels[k]`` (ascending, top last), each (B, 1 + h*w, D). Returns the weighted dense loss and diagnostics."""
+        ``levels[k]`` (ascending, top last), each (B, 1 + h*w, D). Returns the weighted dense loss and diagnostics.
+
+        ``detach_target=False`` (flow finetuning, not pretraining) keeps the target side in the autograd graph."""
         cfg = self.config
         if len(source) != len(cfg.levels) or len(target) != len(cfg.levels):
             raise ValueError(f"expected features at {len(cfg.levels)} levels {cfg.levels}, got {len(source)}")
         if not cfg.use_cls_token:
             source, target = [z[:, 1:] for z in source], [z[:, 1:] for z in target]
-        target = [z.detach() for z in target]
+        if detach_target:
+            target = [z.detach() for z in target]
         b, n, _ = source[-1].shape
         pos = self.midway_pos_embed(n, grid_hw)
         motion = self.motion_tokens.expand(b, -1, -1)
@@ -352,7 +365,7 @@ class MidwayDynamics(nn.Module):
         states: list[LevelState] = []
         n_levels = len(cfg.objective_levels)
         for i in reversed(range(n_levels)):
-            new, midway_target = self.infer_motion(i, motion, src_in, tgt_in, pos)
+            new, midway_target = self.infer_motion(i, motion, src_in, tgt_in, pos, detach_target)
             motion = new + motion if (i < n_levels - 1 and cfg.aggregation == "add") else new
             v_s = self.refine(i, source[i], ctx_s)
             pred, gates = self.forward_predictors[i](self.motion_proj(motion), v_s)
@@ -360,7 +373,7 @@ class MidwayDynamics(nn.Module):
             if i == 0:
                 break
             if self.uses_teacher_backward:
-                with torch.no_grad():
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_target):
                     ctx_t = self.teacher_backward[i](target[i], ctx_t)
             src_in = pred if cfg.source_mode == "prediction" else v_s
             tgt_in = ctx_t if self.uses_teacher_backward else target[i]

@@ -88,7 +88,8 @@ class FlowModel(nn.Module):
         both = [cls_and_patches(z, self.encoder.num_prefix_tokens) for z in self.encoder(
             torch.cat([image1, image2]), taps=cfg.levels)]  # fmt: skip
         source, target = [z[:b] for z in both], [z[b:] for z in both]
-        states = self.dynamics(source, target, grid).states  # ascending objective levels
+        # both frames go through the one finetuned encoder: gradients reach it through the target frame too
+        states = self.dynamics(source, target, grid, detach_target=False).states  # ascending objective levels
         drop = int(cfg.use_cls_token)
         tokens = [source[-1][:, 1:], states[-1].midway_target[:, drop:], states[-1].prediction[:, drop:]]
         tokens.append(states[0].prediction[:, drop:])
