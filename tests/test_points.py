@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,8 @@ def test_inside_and_grid_points():
         False,
         False,
     ]
+    arr = np.array([[-0.5, 0.0], [63.5, 0.0]])
+    assert inside(arr, (64, 64)).tolist() == [True, False] and isinstance(inside(arr, (64, 64)), np.ndarray)
     g = grid_points(8, (64, 64))
     assert g.shape == (64, 2)
     assert g[0].tolist() == [3.5, 3.5] and g[1].tolist() == [11.5, 3.5]  # x varies fastest

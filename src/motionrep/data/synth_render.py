@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from motionrep.data import textures
 from motionrep.data.synth_scene import NUM_STUFF, OBJECT_CLASSES, STUFF_CLASSES, Scene
@@ -40,7 +39,7 @@ class SynthVideo:
 
 
 def _inside(xy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    return inside(torch.from_numpy(np.ascontiguousarray(xy)), (hw[1], hw[0])).numpy()
+    return inside(xy, (hw[1], hw[0]))
 
 
 def track_points(scene: Scene, xy0: np.ndarray, t0: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -97,8 +98,10 @@ def grid_to_pixel(uv: torch.Tensor, wh: tuple[float, float]) -> torch.Tensor:
     return ((uv + 1.0) * size - 1.0) / 2.0
 
 
-def inside(xy: torch.Tensor, wh: tuple[float, float]) -> torch.Tensor:
-    """Bool mask of points inside a ``wh`` frame, i.e. in ``[-0.5, W - 0.5) x [-0.5, H - 0.5)``."""
+def inside(xy: torch.Tensor | np.ndarray, wh: tuple[float, float]) -> torch.Tensor | np.ndarray:
+    """Bool mask of points inside a ``wh`` frame, i.e. in ``[-0.5, W - 0.5) x [-0.5, H - 0.5)``.
+
+    Works on tensors and numpy arrays alike (the result has the input's type)."""
     x, y = xy[..., 0], xy[..., 1]
     return (x >= -0.5) & (x < wh[0] - 0.5) & (y >= -0.5) & (y < wh[1] - 0.5)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from motionrep.ops.points import grid_points, inside
 
@@ -70,7 +69,7 @@ def check_inputs(frames: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, n
     if queries.ndim != 2 or queries.shape[1] != 2:
         raise ValueError(f"queries must be (N, 2) (x, y) points, got {queries.shape}")
     h, w = frames.shape[1:3]
-    outside = ~inside(torch.from_numpy(queries), (w, h)).numpy()
+    outside = ~inside(queries, (w, h))
     if outside.any():
         raise ValueError(f"{int(outside.sum())} queries lie outside the {w}x{h} frame 0 (or are not finite)")
     return np.ascontiguousarray(frames), np.ascontiguousarray(queries)

@@ -78,7 +78,7 @@ class DISTracker:
             fwd = sample_field(self.flow(gray[k], gray[k + 1]), p)
             q = p + fwd
             bwd = sample_field(self.flow(gray[k + 1], gray[k]), q)
-            ok = fb_consistent(fwd, bwd, self.alpha1, self.alpha2) & inside(torch.from_numpy(q), (w, h)).numpy()
+            ok = fb_consistent(fwd, bwd, self.alpha1, self.alpha2) & inside(q, (w, h))
             tracks[k + 1] = q
             visible[k + 1] = visible[k] & ok
         return finish(tracks, visible, queries)

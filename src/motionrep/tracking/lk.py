@@ -11,7 +11,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from motionrep.ops.points import inside
@@ -76,7 +75,7 @@ class LKTracker:
             ok = ok_fwd & ok_bwd & np.isfinite(q).all(1)
             q = np.where(ok[:, None], q, p)
             ok &= np.linalg.norm(back - p, axis=1) < self.fb_threshold
-            ok &= inside(torch.from_numpy(q), (w, h)).numpy()
+            ok &= inside(q, (w, h))
             tracks[k + 1] = q
             visible[k + 1] = visible[k] & ok
         return finish(tracks, visible, queries)
