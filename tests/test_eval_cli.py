@@ -129,3 +129,22 @@ def test_eval_command_reports_user_errors(tmp_path, args, message):
     result = CliRunner().invoke(app, ["eval", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_eval_reads_a_synth_folder(tmp_path):
+    from motionrep.data.synth import SynthWorld, synth_preset, write_split
+    from motionrep.eval.suite import synth_data
+
+    config = synth_preset("tiny")
+    for split, n in (("train", 2), ("val", 1)):
+        write_split(SynthWorld(config, split, 0, n), tmp_path / "world", progress=False)
+    from_disk = synth_data(data_dir=tmp_path / "world", train_videos=2, eval_videos=1)
+    in_memory = synth_data("tiny", train_videos=2, eval_videos=1)
+    assert torch.equal(from_disk.seg_val.labels, in_memory.seg_val.labels)
+    assert torch.equal(from_disk.flow_val.image2, in_memory.flow_val.image2)
+    assert torch.allclose(from_disk.flow_val.flow, in_memory.flow_val.flow)
+    result = CliRunner().invoke(
+        app, ["eval", "--data", str(tmp_path / "world"), "--baselines", "dis", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dis.epe" in json.loads((tmp_path / "o" / "metrics.json").read_text())["dis"]
