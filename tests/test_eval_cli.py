@@ -83,7 +83,7 @@ def test_eval_command_writes_metrics_figures_and_report(run_dir, tmp_path):
     }  # fmt: skip
     assert expected <= set(metrics["mini"])
     assert all(k.split(".")[0] in ("seg_linear", "overcluster", "incontext", "propagation") for k in metrics["pixels"])
-    assert set(metrics["dis"]) == {"dis.epe", "dis.px1", "dis.px3", "dis.px5"}
+    assert set(metrics["dis"]) == {f"{p}.{m}" for p in ("dis", "zero_flow") for m in ("epe", "px1", "px3", "px5")}
     assert 0 <= metrics["mini"]["seg_linear.miou"] <= 100 and metrics["mini"]["flow_probe.epe"] >= 0
     html = (out / "report.html").read_text()
     assert "<table>" in html and "mini" in html and "figures/mini_curves.png" in html

@@ -103,3 +103,9 @@ def test_midway_pair_features_stack_the_paper_token_maps():
     assert out.shape == (2, 3 * 64 + 16, 4, 4) and pair.dim == out.shape[1]
     assert torch.allclose(out[:, :64], top, atol=1e-5)
     assert not torch.allclose(out[:, -64:], out[:, -128:-64])  # two different prediction levels
+
+
+def test_zero_flow_epe_is_the_mean_true_magnitude():
+    val = translated_pairs(3, 3)
+    res = FL.flow_zero(val)
+    assert res.metrics["epe"] == pytest.approx(torch.linalg.vector_norm(val.flow, dim=1).mean().item(), rel=1e-6)

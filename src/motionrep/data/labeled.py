@@ -100,6 +100,7 @@ class EvalData:
             "flow_match": (self.flow_val,),
             "tracking": (self.videos,),
             "dis": (self.flow_val,),
+            "zero_flow": (self.flow_val,),
         }[protocol]
         if protocol == "tracking" and self.videos is not None:
             return any(c.tracks is not None for c in self.videos.clips)

@@ -268,3 +268,9 @@ def flow_dis(val: FlowSet) -> FlowResult:
 
     metrics, preds = _score(predict, val, batch_size=64)
     return FlowResult(metrics, preds)
+
+
+def flow_zero(val: FlowSet) -> FlowResult:
+    """Reference scores of the zero flow ("nothing moves"): its EPE is the mean true flow magnitude."""
+    metrics, preds = _score(lambda s, e: torch.zeros_like(val.flow[s:e]), val, batch_size=64)
+    return FlowResult(metrics, preds)

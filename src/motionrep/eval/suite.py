@@ -34,7 +34,7 @@ from motionrep.eval.features import (
     extract,
     random_init,
 )
-from motionrep.eval.flow import MidwayPairFeatures, flow_dis, flow_match, flow_probe
+from motionrep.eval.flow import MidwayPairFeatures, flow_dis, flow_match, flow_probe, flow_zero
 from motionrep.eval.propagation import propagation
 from motionrep.eval.segmentation import incontext, overcluster, seg_linear, train_supervised
 from motionrep.eval.tracking import tracking
@@ -217,7 +217,7 @@ def extractor_for(model: Model, cfg: SuiteConfig, device: torch.device) -> Featu
 
 def applicable(model: Model, cfg: SuiteConfig, data: EvalData) -> list[str]:
     if model.kind == "dis":
-        wanted = ["dis"] if any(p in cfg.protocols for p in ("flow_probe", "flow_match")) else []
+        wanted = ["dis", "zero_flow"] if any(p in cfg.protocols for p in ("flow_probe", "flow_match")) else []
     elif model.kind == "pixels":
         wanted = [p for p in cfg.protocols if p in RECOGNITION]
     else:
@@ -293,6 +293,8 @@ def evaluate_model(model: Model, data: EvalData, cfg: SuiteConfig, device: torch
             res = flow_match(extractor, data.flow_val)
         elif protocol == "tracking":
             res = tracking(extractor, data.videos)
+        elif protocol == "zero_flow":
+            res = flow_zero(data.flow_val)
         else:  # "dis"
             res = flow_dis(data.flow_val)
         out.seconds[protocol] = time.perf_counter() - t0
