@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -148,3 +149,23 @@ def test_eval_reads_a_synth_folder(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "dis.epe" in json.loads((tmp_path / "o" / "metrics.json").read_text())["dis"]
+
+
+def test_gap_flow_matches_chained_one_frame_flows():
+    from scipy.ndimage import map_coordinates
+
+    from motionrep.data.synth import SynthWorld, synth_preset
+    from motionrep.eval.suite import gap_flow
+
+    video = SynthWorld(synth_preset("tiny"), "val", 0, 1)[0]
+    flow2, valid2 = gap_flow(video, 1, 2)
+    f1, f2 = video.flow[1], video.flow[2]
+    h, w = f1.shape[1:]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    at = [ys + f1[1], xs + f1[0]]  # where each pixel of frame 1 lands in frame 2 (row, col)
+    chained = f1 + np.stack([map_coordinates(f2[c], at, order=1, mode="nearest") for c in range(2)])
+    keep = valid2 & video.valid[1]
+    assert keep.mean() > 0.5
+    err = np.linalg.norm(flow2 - chained, axis=0)[keep]
+    assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.5
+    assert np.array_equal(gap_flow(video, 1, 1)[0], video.flow[1])

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", help="Evaluation split (val or test)."),
         train_videos: int = typer.Option(32, help="Synthetic train clips (probe training, memory bank)."),
         eval_videos: int = typer.Option(16, help="Synthetic evaluation clips."),
+        flow_gap: int = typer.Option(1, help="Synthetic flow pairs: frames t and t + gap (exact flow)."),
         size: int = typer.Option(224, help="Real datasets: frames resized to size x size."),
         max_images: int = typer.Option(2000, help="Real datasets: at most this many images per split."),
         seg_steps: int = typer.Option(300, help="Linear-probe steps."),
@@ -69,7 +70,9 @@ def register(app: typer.Typer) -> None:
             if not loaded and not cfg.baselines:
                 raise S.EvalError("nothing to evaluate: give a run or checkpoint, or keep some baselines")
             if suite == "synth":
-                eval_data = S.synth_data(preset, split, train_videos, eval_videos, data_dir=data, seed=seed)
+                eval_data = S.synth_data(
+                    preset, split, train_videos, eval_videos, data_dir=data, seed=seed, flow_gap=flow_gap
+                )
             else:
                 from motionrep.data.labeled import load_suite
 

@@ -92,23 +92,45 @@ def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
 
 
+def gap_flow(video, t: int, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact flow ``(2, H, W)`` from frame ``t`` to ``t + gap`` of a synthetic clip, and its validity (the surface
+    point under the pixel is visible in both frames), from the world's analytic tracks of every pixel centre."""
+    if gap == 1:
+        return video.flow[t], video.valid[t]
+    h, w = video.frames.shape[1:3]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xy = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    tracks, visible = video.track(xy, t)
+    flow = (tracks[t + gap] - tracks[t]).T.reshape(2, h, w)
+    return flow.astype(np.float32), (visible[t] & visible[t + gap]).reshape(h, w)
+
+
 def videos_to_data(
-    name: str, train: Sequence, val: Sequence, class_names: list[str], frame_step: int = 4, ignore_index: int = 255
+    name: str,
+    train: Sequence,
+    val: Sequence,
+    class_names: list[str],
+    frame_step: int = 4,
+    flow_gap: int = 1,
+    ignore_index: int = 255,
 ) -> EvalData:
     """Evaluation data from synthetic clips (:class:`motionrep.data.synth.SynthVideo`): labelled frames every
-    ``frame_step`` frames, flow pairs ``(t, t + 1)`` at the same ``t``, and whole validation clips with instance
-    masks and ground-truth tracks."""
+    ``frame_step`` frames, flow pairs ``(t, t + flow_gap)`` at the same ``t`` (exact flow; for gaps > 1 from the
+    world's analytic tracks), and whole evaluation clips with instance masks and ground-truth tracks."""
 
     def split(videos: Sequence, desc: str) -> tuple[SegSet, FlowSet, list[Clip]]:
         images, labels, f2, flows, valids, clips = [], [], [], [], [], []
         for v in tqdm(videos, desc=desc, leave=False, disable=not dist.is_main() or None):
             frames = _frames_tensor(v.frames)
-            t = torch.arange(0, len(frames) - 1, frame_step)
+            if len(frames) <= flow_gap:
+                raise EvalError(f"flow gap {flow_gap} needs clips longer than {len(frames)} frames")
+            t = torch.arange(0, len(frames) - flow_gap, frame_step)
             images.append(frames[t])
             labels.append(torch.from_numpy(v.semantic[t.numpy()].astype(np.int64)))
-            f2.append(frames[t + 1])
-            flows.append(torch.from_numpy(v.flow[t.numpy()]))
-            valids.append(torch.from_numpy(v.valid[t.numpy()]))
+            f2.append(frames[t + flow_gap])
+            pairs = [gap_flow(v, int(i), flow_gap) for i in t]
+            flows.append(torch.from_numpy(np.stack([f for f, _ in pairs])))
+            valids.append(torch.from_numpy(np.stack([m for _, m in pairs])))
             clips.append(
                 Clip(
                     frames,
@@ -125,6 +147,8 @@ def videos_to_data(
 
     if len(train) == 0 or len(val) == 0:
         raise EvalError(f"the synthetic suite needs train and evaluation clips, got {len(train)} and {len(val)}")
+    if flow_gap < 1:
+        raise EvalError(f"the flow gap must be >= 1 frame, got {flow_gap}")
     seg_train, flow_train, _ = split(train, "train clips")
     seg_val, flow_val, clips = split(val, "eval clips")
     return EvalData(name, seg_train, seg_val, flow_train, flow_val, VideoSet(clips))
@@ -138,6 +162,7 @@ def synth_data(
     frame_step: int = 4,
     data_dir: str | Path | None = None,
     seed: int = 0,
+    flow_gap: int = 1,
 ) -> EvalData:
     """The synthetic suite's data: generated deterministically in memory, or read from a ``motionrep synth``
     folder (``data_dir`` with a ``train`` split and the ``split`` split)."""
@@ -159,7 +184,8 @@ def synth_data(
         train = synth.SynthWorld(config, "train", seed, train_videos)
         val = synth.SynthWorld(config, split, seed, eval_videos)
         names = list(synth.CLASS_NAMES)
-    return videos_to_data(f"synth:{preset if data_dir is None else data_dir}:{split}", train, val, names, frame_step)
+    source = preset if data_dir is None else data_dir
+    return videos_to_data(f"synth:{source}:{split}:gap{flow_gap}", train, val, names, frame_step, flow_gap)
 
 
 # --------------------------------------------------------------------------------------------------------- models
