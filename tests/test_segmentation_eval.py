@@ -175,3 +175,10 @@ def test_downsample_labels_takes_the_top_left_pixel():
     labels = torch.arange(16).view(1, 4, 4)
     assert torch.equal(S.downsample_labels(labels, 2), labels[:, ::2, ::2])
     assert S.downsample_labels(labels, 1) is labels
+
+
+def test_figure_indices_spread_over_the_set():
+    from motionrep.eval.features import figure_indices
+
+    assert figure_indices(64).tolist() == [0, 21, 42, 63]
+    assert figure_indices(2).tolist() == [0, 1] and figure_indices(0).numel() == 0

@@ -160,3 +160,10 @@ def extract(
         chunks.append(probe[:0])
     out = torch.cat(chunks)
     return dist.all_gather_cat(out) if distributed else out
+
+
+def figure_indices(n: int, k: int = 4) -> torch.Tensor:
+    """``k`` indices spread evenly over ``range(n)`` (sorted, unique): the items whose predictions figures show."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.linspace(0, n - 1, min(k, n)).round().long().unique()

@@ -17,7 +17,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from motionrep.data.labeled import FlowSet
-from motionrep.eval.features import CachedFeatures, FeatureExtractor, extract, module_device, to_float_images
+from motionrep.eval.features import (
+    CachedFeatures,
+    FeatureExtractor,
+    extract,
+    figure_indices,
+    module_device,
+    to_float_images,
+)
 from motionrep.eval.metrics import flow_error_sums, flow_scores, reduce_sums
 from motionrep.train import dist
 
@@ -25,7 +32,7 @@ from motionrep.train import dist
 @dataclass
 class FlowResult:
     metrics: dict[str, float]
-    predictions: torch.Tensor  # (n_fig, 2, H, W) predicted flow of the first validation pairs
+    predictions: torch.Tensor  # (n_fig, 2, H, W) predicted flow of the figure_indices validation pairs
     curve: list[float] = field(default_factory=list)  # training loss per step (probe only)
 
 
@@ -112,19 +119,20 @@ def epe_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch
     return (epe * valid).sum() / valid.sum().clamp_min(1)
 
 
-def _score(predict, val: FlowSet, batch_size: int, keep: int = 4) -> tuple[dict[str, float], torch.Tensor]:
-    """Run ``predict(i1, i2) -> flow`` on this rank's shard of ``val``; reduce error sums over ranks."""
+def _score(predict, val: FlowSet, batch_size: int) -> tuple[dict[str, float], torch.Tensor]:
+    """Run ``predict(start, end) -> flow`` on this rank's shard of ``val``; reduce error sums over ranks. Also
+    returns the predictions of the :func:`~motionrep.eval.features.figure_indices` pairs."""
     part = dist.shard(len(val))
+    show = figure_indices(len(val))
     sums = torch.zeros(5, dtype=torch.float64)
     shown = []
     for s in range(part.start, part.stop, batch_size):
         e = min(s + batch_size, part.stop)
         pred = predict(s, e).cpu()
         sums += flow_error_sums(pred, val.flow[s:e], val.valid[s:e])
-        if s < keep:
-            shown.append(pred[: keep - s])
+        shown.append(pred[show[(show >= s) & (show < e)] - s])
     preds = torch.cat(shown) if shown else torch.zeros(0, *val.flow.shape[1:])
-    return flow_scores(reduce_sums(sums)), dist.all_gather_cat(preds)[:keep]
+    return flow_scores(reduce_sums(sums)), dist.all_gather_cat(preds)
 
 
 def frozen_pair_features(

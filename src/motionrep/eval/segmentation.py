@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from motionrep.data.labeled import SegSet
-from motionrep.eval.features import FeatureExtractor, extract, module_device
+from motionrep.eval.features import FeatureExtractor, extract, figure_indices, module_device
 from motionrep.eval.metrics import (
     confusion_matrix,
     hungarian_match,
@@ -32,14 +32,16 @@ from motionrep.train import dist
 @dataclass
 class SegResult:
     metrics: dict[str, float]
-    predictions: torch.Tensor  # (n_fig, H, W) uint8 label maps of the first validation images
+    predictions: torch.Tensor  # (n_fig, H, W) uint8 label maps of the figure_indices validation images
 
 
 def _predict_and_score(
-    logits_fn, feats: torch.Tensor, val: SegSet, num_pred: int, batch_size: int = 64, keep: int = 4
+    logits_fn, feats: torch.Tensor, val: SegSet, num_pred: int, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Confusion matrix ``(C, num_pred)`` (this rank's shard, summed over ranks) and the first ``keep`` predictions."""
+    """Confusion matrix ``(C, num_pred)`` (this rank's shard, summed over ranks) and the predictions of the
+    :func:`~motionrep.eval.features.figure_indices` images."""
     part = dist.shard(len(val))
+    show = figure_indices(len(val))
     cm = torch.zeros(val.num_classes, num_pred, dtype=torch.long)
     shown = []
     for s in range(part.start, part.stop, batch_size):
@@ -48,11 +50,10 @@ def _predict_and_score(
         scores = F.interpolate(scores, size=tuple(val.labels.shape[-2:]), mode="bilinear", align_corners=False)
         pred = scores.argmax(1).cpu()
         cm += confusion_matrix(val.labels[s:e], pred, val.num_classes, num_pred, val.ignore_index)
-        if s < keep:
-            shown.append(pred[: keep - s])
+        shown.append(pred[show[(show >= s) & (show < e)] - s])
     cm = reduce_confusion(cm)
     preds = torch.cat(shown) if shown else torch.zeros(0, *val.labels.shape[-2:], dtype=torch.long)
-    return cm, dist.all_gather_cat(preds)[:keep].to(torch.uint8)
+    return cm, dist.all_gather_cat(preds).to(torch.uint8)
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -216,7 +217,8 @@ def overcluster(
         miou = segmentation_scores(remap_confusion(cm, mapping))["miou"]
         if k == val.num_classes:
             metrics["miou"] = miou
-            shown = torch.where(mapping[up[:4]] < 0, val.ignore_index, mapping[up[:4]]).to(torch.uint8)
+            picked = mapping[up[figure_indices(len(up))]]
+            shown = torch.where(picked < 0, val.ignore_index, picked).to(torch.uint8)
         else:
             metrics[f"miou_k{k}"] = miou
     return SegResult(metrics, shown)

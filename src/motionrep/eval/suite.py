@@ -32,6 +32,7 @@ from motionrep.eval.features import (
     PixelFeatures,
     ViTFeatures,
     extract,
+    figure_indices,
     random_init,
 )
 from motionrep.eval.flow import MidwayPairFeatures, flow_dis, flow_match, flow_probe, flow_zero
@@ -327,7 +328,7 @@ def evaluate_model(model: Model, data: EvalData, cfg: SuiteConfig, device: torch
         out.metrics.update({f"{protocol}.{k}": v for k, v in res.metrics.items()})
         raw[protocol] = res
     if extractor is not None and data.seg_val is not None:
-        raw["features"] = extract(extractor, data.seg_val.images[:4], distributed=False)
+        raw["features"] = extract(extractor, data.seg_val.images[figure_indices(len(data.seg_val))], distributed=False)
     return out, raw
 
 
@@ -341,13 +342,17 @@ def model_figures(model: Model, raw: dict, data: EvalData, fig_dir: Path, rel: s
     figs = []
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.name)
     if data.seg_val is not None and ("features" in raw or any(p in raw for p in RECOGNITION)):
-        n = min(4, len(data.seg_val))
-        frames = [viz.to_uint8(data.seg_val.images[i]) for i in range(n)]
+        idx = figure_indices(len(data.seg_val)).tolist()
+        n = len(idx)
+        frames = [viz.to_uint8(data.seg_val.images[i]) for i in idx]
         hw = frames[0].shape[:2]
         k = data.seg_val.num_classes
         rows = [[(f"frame {i}", frames[i]) for i in range(n)]]
         rows.append(
-            [(f"truth {i}", viz.overlay_labels(frames[i], data.seg_val.labels[i].numpy(), k)) for i in range(n)]
+            [
+                (f"truth {i}", viz.overlay_labels(frames[i], data.seg_val.labels[j].numpy(), k))
+                for i, j in enumerate(idx)
+            ]
         )
         if "features" in raw:
             pca = viz.pca_rgb(raw["features"])
@@ -359,12 +364,11 @@ def model_figures(model: Model, raw: dict, data: EvalData, fig_dir: Path, rel: s
         figs.append(("features and segmentation", viz.save_grid(fig_dir / f"{safe}_segmentation.png", rows)))
     flow_keys = [p for p in ("flow_probe", "flow_probe_dynamics", "flow_match", "dis") if p in raw]
     if flow_keys and data.flow_val is not None:
-        n = min(3, len(data.flow_val))
         rows = []
-        for i in range(n):
-            gt = data.flow_val.flow[i]
+        for i, j in enumerate(figure_indices(len(data.flow_val)).tolist()):
+            gt = data.flow_val.flow[j]
             scale = float(torch.linalg.vector_norm(gt, dim=0).max().clamp_min(1.0))
-            row = [(f"frame {i}", viz.to_uint8(data.flow_val.image1[i])), ("truth", viz.flow_to_rgb(gt, scale))]
+            row = [(f"frame {j}", viz.to_uint8(data.flow_val.image1[j])), ("truth", viz.flow_to_rgb(gt, scale))]
             row += [(p, viz.flow_to_rgb(raw[p].predictions[i], scale)) for p in flow_keys]
             rows.append(row)
         figs.append(("flow (colour wheel, shared scale per row)", viz.save_grid(fig_dir / f"{safe}_flow.png", rows)))
