@@ -93,18 +93,19 @@ def test_eval_command_writes_metrics_figures_and_report(run_dir, tmp_path):
     assert "report:" in result.output
 
 
-def test_midway_run_adds_the_dynamics_flow_probe(tmp_path):
+def test_midway_run_adds_the_dynamics_probes(tmp_path):
     cfg = load_config("midway-micro")
     method = get_method(cfg.method.name)(cfg)
     run = tmp_path / "midway"
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"step": 1, "method": method.state_dict(), "config": to_yaml(cfg)}, run / "checkpoints" / "last.pt")
     out = tmp_path / "out"
-    args = ["eval", str(run), *FAST, "--protocols", "flow_probe", "--baselines", "none", "--no-figures"]
+    args = ["eval", str(run), *FAST, "--protocols", "seg_linear,flow_probe", "--baselines", "none", "--no-figures"]
     result = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())["midway"]
-    assert {"flow_probe.epe", "flow_probe_dynamics.epe", "flow_probe_dynamics.px1"} <= set(metrics)
+    expected = {"flow_probe.epe", "flow_probe_dynamics.epe", "flow_probe_dynamics.px1", "seg_linear_backward.miou"}
+    assert expected <= set(metrics)
 
 
 def test_eval_random_init_and_supervised_baseline(tmp_path):

@@ -109,3 +109,23 @@ def test_zero_flow_epe_is_the_mean_true_magnitude():
     val = translated_pairs(3, 3)
     res = FL.flow_zero(val)
     assert res.metrics["epe"] == pytest.approx(torch.linalg.vector_norm(val.flow, dim=1).mean().item(), rel=1e-6)
+
+
+def test_midway_backward_features_refine_top_down():
+    from motionrep.eval.features import MidwayBackwardFeatures
+    from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig
+
+    vit = build_vit("vit-micro").eval()
+    cfg = MidwayDynamicsConfig(
+        levels=[2, 3, 4], motion_dim=16, midway_depth=1, midway_heads=2, forward_depth=2, forward_heads=2,
+        backward_heads=2, motion_tokens=2,
+    )  # fmt: skip
+    dyn = MidwayDynamics(cfg, vit.embed_dim, (4, 4)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = MidwayBackwardFeatures(vit, dyn)(x)
+        taps = vit(x, taps=[2, 3, 4])
+        v3 = dyn.teacher_backward[1](taps[1], taps[2])  # level 3 attends to the top level
+        v2 = dyn.teacher_backward[0](taps[0], v3)  # level 2 attends to level 3's backward features
+    assert out.shape == (2, 64, 4, 4)
+    assert torch.allclose(out, v2[:, 1:].transpose(1, 2).reshape(2, 64, 4, 4), atol=1e-5)

@@ -54,6 +54,34 @@ class ViTFeatures(nn.Module):
         return patches.transpose(1, 2).reshape(images.shape[0], -1, h, w)
 
 
+class MidwayBackwardFeatures(nn.Module):
+    """Midway's single-image readout (as PooDLe reads its decoder): the top-down backward features of one frame.
+
+    Encoder tokens at the dynamics' levels are refined top-down — the top level is the first context, each lower
+    objective level's backward stack attends to the result of the level above — and the lowest objective level's
+    backward features are returned as a ``(B, D, h, w)`` map. The EMA teacher's backward stacks are used when the
+    model has them (the official checkpoint keeps one per level for this readout), else the student's.
+    """
+
+    def __init__(self, encoder: nn.Module, dynamics: nn.Module):
+        super().__init__()
+        if not dynamics.config.backward:
+            raise ValueError("the Midway dynamics have no backward layers (midway.backward=false)")
+        self.encoder, self.dynamics = encoder, dynamics
+        self.stacks = dynamics.teacher_backward if dynamics.uses_teacher_backward else dynamics.student_backward
+        self.stride, self.dim = int(encoder.patch_size), int(encoder.embed_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = self.encoder.grid_size(tuple(images.shape[-2:]))
+        prefix, cls = self.encoder.num_prefix_tokens, int(self.dynamics.config.use_cls_token)
+        taps = self.encoder(images, taps=list(self.dynamics.config.levels))
+        taps = [torch.cat([t[:, :cls], t[:, prefix:]], dim=1) for t in taps]  # [CLS +] patches
+        context = taps[-1]
+        for i in reversed(range(len(taps) - 1)):
+            context = self.stacks[i](taps[i], context)
+        return context[:, cls:].transpose(1, 2).reshape(images.shape[0], -1, h, w)
+
+
 class PixelFeatures(nn.Module):
     """Raw-pixel baseline: the mean colour of each ``stride x stride`` patch, ``(B, 3, h, w)``."""
 

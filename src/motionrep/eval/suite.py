@@ -29,6 +29,7 @@ from motionrep.eval import report
 from motionrep.eval.features import (
     CachedFeatures,
     FeatureExtractor,
+    MidwayBackwardFeatures,
     PixelFeatures,
     ViTFeatures,
     extract,
@@ -251,7 +252,10 @@ def applicable(model: Model, cfg: SuiteConfig, data: EvalData) -> list[str]:
         wanted = list(cfg.protocols)
         if model.dynamics is not None and "flow_probe" in wanted:
             wanted.insert(wanted.index("flow_probe") + 1, "flow_probe_dynamics")
-    return [p for p in wanted if data.supports("flow_probe" if p == "flow_probe_dynamics" else p)]
+        if model.dynamics is not None and model.dynamics.config.backward and "seg_linear" in wanted:
+            wanted.insert(wanted.index("seg_linear") + 1, "seg_linear_backward")
+    variant_of = {"flow_probe_dynamics": "flow_probe", "seg_linear_backward": "seg_linear"}
+    return [p for p in wanted if data.supports(variant_of.get(p, p))]
 
 
 def baseline_models(models: list[Model], cfg: SuiteConfig, data: EvalData, device: torch.device) -> list[Model]:
@@ -297,6 +301,9 @@ def evaluate_model(model: Model, data: EvalData, cfg: SuiteConfig, device: torch
         torch.manual_seed(cfg.seed)
         if protocol == "seg_linear":
             res = seg_linear(extractor, data.seg_train, data.seg_val, cfg.seg_steps, seed=cfg.seed)
+        elif protocol == "seg_linear_backward":
+            backward = MidwayBackwardFeatures(model.encoder, model.dynamics.to(device).eval())
+            res = seg_linear(backward, data.seg_train, data.seg_val, cfg.seg_steps, seed=cfg.seed)
         elif protocol == "overcluster":
             ks = (cfg.overcluster_factor * classes,) if cfg.overcluster_factor > 1 else ()
             res = overcluster(extractor, data.seg_val, ks, seed=cfg.seed)
