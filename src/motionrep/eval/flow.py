@@ -64,21 +64,26 @@ class MidwayPairFeatures(nn.Module):
         self.dim = 3 * int(encoder.embed_dim) + int(dynamics.config.motion_dim)
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
-        b = image1.shape[0]
-        h, w = self.encoder.grid_size(tuple(image1.shape[-2:]))
-        prefix = self.encoder.num_prefix_tokens
-        taps = self.encoder(torch.cat([image1, image2]), taps=self.levels)
-        taps = [torch.cat([t[:, :1], t[:, prefix:]], dim=1) for t in taps]  # CLS + patches: registers dropped
-        source, target = [t[:b] for t in taps], [t[b:] for t in taps]
-        states = self.dynamics(source, target, grid_hw=(h, w)).states  # ascending objective levels
-        cls = int(self.dynamics.config.use_cls_token)
-        maps = [
-            source[-1][:, 1:],
-            states[-1].midway_target[:, cls:],
-            states[-1].prediction[:, cls:],
-            states[0].prediction[:, cls:],
-        ]
-        return torch.cat([m.transpose(1, 2).reshape(b, -1, h, w) for m in maps], dim=1)
+        return torch.cat(midway_token_maps(self.encoder, self.dynamics, image1, image2), dim=1)
+
+
+def midway_token_maps(
+    encoder: nn.Module, dynamics: nn.Module, image1: torch.Tensor, image2: torch.Tensor
+) -> list[torch.Tensor]:
+    """The paper's four flow-decoder inputs ``(B, C_i, h, w)`` for frames 1 → 2 through one shared encoder: the
+    encoder's top level of frame 1, the midway target-side tokens at the highest objective level, and the forward
+    predictions at the highest and lowest objective levels. Gradients reach the encoder through both frames."""
+    b = image1.shape[0]
+    h, w = encoder.grid_size(tuple(image1.shape[-2:]))
+    prefix = encoder.num_prefix_tokens
+    taps = encoder(torch.cat([image1, image2]), taps=list(dynamics.config.levels))
+    taps = [torch.cat([t[:, :1], t[:, prefix:]], dim=1) for t in taps]  # CLS + patches: registers dropped
+    source, target = [t[:b] for t in taps], [t[b:] for t in taps]
+    states = dynamics(source, target, grid_hw=(h, w), detach_target=False).states  # ascending objective levels
+    cls = int(dynamics.config.use_cls_token)
+    maps = [source[-1][:, 1:], states[-1].midway_target[:, cls:], states[-1].prediction[:, cls:]]
+    maps.append(states[0].prediction[:, cls:])
+    return [m.transpose(1, 2).reshape(b, -1, h, w) for m in maps]
 
 
 class ResidualConvUnit(nn.Module):

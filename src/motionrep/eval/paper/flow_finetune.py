@@ -27,11 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from motionrep.eval.features import autocast_for, to_float_images
+from motionrep.eval.flow import midway_token_maps
 from motionrep.eval.metrics import flow_error_sums, flow_scores, reduce_sums
-from motionrep.eval.paper.features import default_levels, tokens_to_map
+from motionrep.eval.paper.features import default_levels
 from motionrep.eval.paper.heads import DPTHead
 from motionrep.eval.paper.streams import GlobalBatchSampler, iterate_shard
-from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig, cls_and_patches
+from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig
 from motionrep.train import dist
 
 
@@ -81,19 +82,8 @@ class FlowModel(nn.Module):
         self.head = DPTHead([d, dm, d, d], 3, width)
 
     def token_maps(self, image1: torch.Tensor, image2: torch.Tensor) -> list[torch.Tensor]:
-        """The four DPT inputs ``(B, C_i, h, w)``: encoder top level (frame 1), midway target tokens at the highest
-        objective level, forward predictions at the highest and the lowest objective levels."""
-        cfg, b = self.dynamics.config, image1.shape[0]
-        grid = self.encoder.grid_size(tuple(image1.shape[-2:]))
-        both = [cls_and_patches(z, self.encoder.num_prefix_tokens) for z in self.encoder(
-            torch.cat([image1, image2]), taps=cfg.levels)]  # fmt: skip
-        source, target = [z[:b] for z in both], [z[b:] for z in both]
-        # both frames go through the one finetuned encoder: gradients reach it through the target frame too
-        states = self.dynamics(source, target, grid, detach_target=False).states  # ascending objective levels
-        drop = int(cfg.use_cls_token)
-        tokens = [source[-1][:, 1:], states[-1].midway_target[:, drop:], states[-1].prediction[:, drop:]]
-        tokens.append(states[0].prediction[:, drop:])
-        return [tokens_to_map(t, grid) for t in tokens]
+        """The four DPT inputs ``(B, C_i, h, w)`` (:func:`~motionrep.eval.flow.midway_token_maps`)."""
+        return midway_token_maps(self.encoder, self.dynamics, image1, image2)
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.token_maps(image1, image2), image1.shape[-2:])

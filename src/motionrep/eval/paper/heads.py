@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from motionrep.eval.flow import ResidualConvUnit
+
 
 def _norm(width: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups (fewer for narrow layers: at least 8 channels per group, so 1x1 maps normalise)."""
@@ -93,24 +95,12 @@ class UperNetHead(nn.Module):
         return self.cls(self.bottleneck(torch.cat([_resize(o, size) for o in outs], dim=1)))
 
 
-class ResidualUnit(nn.Module):
-    """DPT residual convolution unit ``x + conv(relu(conv(relu(x))))``."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
-
-
 class FusionBlock(nn.Module):
     """DPT feature fusion: ``unit2(x + unit1(skip))`` (skip optional), 2x bilinear up-sampling, 1x1 output conv."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.unit1, self.unit2 = ResidualUnit(width), ResidualUnit(width)
+        self.unit1, self.unit2 = ResidualConvUnit(width), ResidualConvUnit(width)
         self.out = nn.Conv2d(width, width, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
