@@ -27,6 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from motionrep.config import Config, config_diff, load_config
 
 PRESETS = {"midway": "demo-midway", "dino": "demo-dino"}  # model name -> training preset
@@ -75,6 +78,7 @@ class DemoResult:
     metrics: dict[str, dict[str, float | None]]
     headline: dict[str, dict[str, float | None]]  # model -> {headline label: value}
     holds: bool  # Midway best on EPE and at least as good as the best baseline on mIoU
+    zero_flow_epe: float  # EPE of predicting no motion on the same pairs: the floor a useful flow probe beats
     report: Path
     seconds: dict[str, dict[str, float]]  # stage -> {"wall": s, "cpu": s}
 
@@ -178,17 +182,27 @@ def headline(metrics: dict[str, dict[str, float | None]]) -> tuple[dict[str, dic
     return rows, holds
 
 
-def format_headline(rows: dict[str, dict[str, float | None]]) -> str:
-    """The headline as a plain-text table (one row per model)."""
+def zero_flow_epe(flow: Tensor, valid: Tensor) -> float:
+    """EPE of predicting zero motion: the mean flow magnitude over valid pixels of ``flow`` ``(N, 2, H, W)``."""
+    valid = valid.float()
+    return float((torch.linalg.vector_norm(flow.float(), dim=1) * valid).sum() / valid.sum().clamp_min(1.0))
+
+
+def format_headline(rows: dict[str, dict[str, float | None]], zero_epe: float | None = None) -> str:
+    """The headline as a plain-text table (one row per model), with the zero-flow EPE as a reference line."""
     labels = list(HEADLINE)
     lines = ["model".ljust(8) + "".join(label.rjust(12) for label in labels)]
     for model, values in rows.items():
         cells = ("-" if values[k] is None else f"{values[k]:.2f}" for k in labels)
         lines.append(model.ljust(8) + "".join(c.rjust(12) for c in cells))
+    if zero_epe is not None:
+        lines.append(f"(predicting zero flow on the same pairs: EPE {zero_epe:.2f} px)")
     return "\n".join(lines)
 
 
-def _headline_html(rows: dict[str, dict[str, float | None]], holds: bool, settings: dict[str, str]) -> str:
+def _headline_html(
+    rows: dict[str, dict[str, float | None]], holds: bool, zero_epe: float, settings: dict[str, str]
+) -> str:
     import html
 
     head = "".join(f"<th>{html.escape(label)}</th>" for label in HEADLINE)
@@ -208,6 +222,7 @@ def _headline_html(rows: dict[str, dict[str, float | None]], holds: bool, settin
         "<h2>Demo headline</h2>"
         f"<p>Frozen features: linear segmentation probe (mIoU, higher is better) and flow probe (EPE, lower is "
         f"better).</p><table><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p>Predicting zero flow on the same pairs gives EPE {zero_epe:.2f} px.</p>"
         f"<p><b>{html.escape(verdict)}</b></p><p class='meta'>{meta}</p><h2>All metrics</h2>"
     )
 
@@ -231,8 +246,6 @@ def run_demo(
     Raises :class:`DemoError` for an occupied folder or an inconsistent request; training and evaluation errors
     (``ConfigError``, ``RunDirError``, ``EvalError``) propagate with their messages.
     """
-    import torch
-
     from motionrep.eval import suite as S
 
     out = Path(out)
@@ -270,6 +283,7 @@ def run_demo(
         metrics = S.run_suite(models, eval_data, suite_cfg, out, device)
 
     rows, holds = headline(metrics)
+    zero_epe = zero_flow_epe(eval_data.flow_val.flow, eval_data.flow_val.valid)
     settings = {
         "budget": budget.name,
         "seed": str(seed),
@@ -279,16 +293,17 @@ def run_demo(
         "world": f"{data.synth_preset}, {budget.train_videos} train / {budget.eval_videos} val clips",
     }
     report = out / "report.html"
-    _add_headline(report, _headline_html(rows, holds, settings))
+    _add_headline(report, _headline_html(rows, holds, zero_epe, settings))
     summary = {
         "seed": seed,
         "budget": dataclasses.asdict(budget),
         "presets": PRESETS,
         "headline": rows,
         "holds": holds,
+        "zero_flow_epe": round(zero_epe, 4),
         "seconds": seconds,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return DemoResult(metrics, rows, holds, report, seconds)
+    return DemoResult(metrics, rows, holds, zero_epe, report, seconds)

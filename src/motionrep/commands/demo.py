@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             typer.echo(f"\ninterrupted; continue with: motionrep demo --out {out} --resume", err=True)
             raise typer.Exit(130) from None
-        typer.echo("\n" + format_headline(result.headline))
+        typer.echo("\n" + format_headline(result.headline, result.zero_flow_epe))
         verdict = "yes" if result.holds else "NO"
         typer.echo(f"Midway better on motion (EPE) and at least as good on recognition (mIoU): {verdict}")
         minutes = sum(s["wall"] for s in result.seconds.values()) / 60
