@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from motionrep.cli import app
 from motionrep.config import config_diff
-from motionrep.demo import BUDGETS, DemoError, demo_configs, headline, prepare_out_dir, zero_flow_epe
+from motionrep.demo import BUDGETS, DemoError, demo_configs, headline, prepare_out_dir
 
 MODELS = {"midway", "dino", "random"}
 
@@ -50,16 +49,6 @@ def test_demo_presets_share_everything_but_the_method():
     assert full["midway"].method.midway.latent_dynamics and full["dino"].method.name == "dino"
     with pytest.raises(DemoError, match="seed"):
         demo_configs(BUDGETS["micro"], seed=-1)
-
-
-def test_zero_flow_epe_is_the_mean_valid_flow_magnitude():
-    flow = torch.zeros(2, 2, 4, 4)
-    flow[0, 0], flow[0, 1] = 3.0, 4.0  # |f| = 5 everywhere in pair 0
-    flow[1, 0, :2] = 1.0  # |f| = 1 on the top half of pair 1, 0 below
-    valid = torch.ones(2, 4, 4, dtype=torch.bool)
-    valid[0, :, :2] = False  # 8 valid pixels of magnitude 5
-    assert zero_flow_epe(flow, valid) == pytest.approx((8 * 5 + 8 * 1) / 24)
-    assert zero_flow_epe(flow, torch.zeros_like(valid)) == 0.0
 
 
 def _metrics(midway, dino, random):

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from motionrep.config import Config, config_diff, load_config
 
@@ -52,6 +51,7 @@ class DemoBudget:
     eval_videos: int  # synthetic val clips scored by the suite
     seg_steps: int  # linear segmentation probe steps
     flow_steps: int  # flow probe steps
+    flow_gap: int = 1  # evaluated flow spans frames t -> t + flow_gap
     workers: int | None = None  # data-loader workers (None: the presets')
 
     def overrides(self, seed: int) -> list[str]:
@@ -68,7 +68,7 @@ class DemoBudget:
 
 BUDGETS = {
     "full": DemoBudget("full", None, None, train_videos=64, eval_videos=16, seg_steps=300, flow_steps=300),
-    "quick": DemoBudget("quick", 30, 8, train_videos=16, eval_videos=8, seg_steps=100, flow_steps=100),
+    "quick": DemoBudget("quick", 30, 8, train_videos=8, eval_videos=4, seg_steps=50, flow_steps=50),
     "micro": DemoBudget("micro", 2, 4, train_videos=4, eval_videos=2, seg_steps=4, flow_steps=4, workers=0),
 }
 
@@ -182,12 +182,6 @@ def headline(metrics: dict[str, dict[str, float | None]]) -> tuple[dict[str, dic
     return rows, holds
 
 
-def zero_flow_epe(flow: Tensor, valid: Tensor) -> float:
-    """EPE of predicting zero motion: the mean flow magnitude over valid pixels of ``flow`` ``(N, 2, H, W)``."""
-    valid = valid.float()
-    return float((torch.linalg.vector_norm(flow.float(), dim=1) * valid).sum() / valid.sum().clamp_min(1.0))
-
-
 def format_headline(rows: dict[str, dict[str, float | None]], zero_epe: float | None = None) -> str:
     """The headline as a plain-text table (one row per model), with the zero-flow EPE as a reference line."""
     labels = list(HEADLINE)
@@ -247,6 +241,7 @@ def run_demo(
     (``ConfigError``, ``RunDirError``, ``EvalError``) propagate with their messages.
     """
     from motionrep.eval import suite as S
+    from motionrep.eval.flow import flow_zero
 
     out = Path(out)
     cfgs = demo_configs(budget, seed)
@@ -277,13 +272,18 @@ def run_demo(
         )
         models = [S.load_model_arg(f"{name}={out / 'runs' / name}") for name in cfgs]
         eval_data = S.synth_data(
-            split="val", train_videos=budget.train_videos, eval_videos=budget.eval_videos, data_dir=world, seed=seed
+            split="val",
+            train_videos=budget.train_videos,
+            eval_videos=budget.eval_videos,
+            data_dir=world,
+            seed=seed,
+            flow_gap=budget.flow_gap,
         )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         metrics = S.run_suite(models, eval_data, suite_cfg, out, device)
 
     rows, holds = headline(metrics)
-    zero_epe = zero_flow_epe(eval_data.flow_val.flow, eval_data.flow_val.valid)
+    zero_epe = flow_zero(eval_data.flow_val).metrics["epe"]
     settings = {
         "budget": budget.name,
         "seed": str(seed),
