@@ -52,6 +52,7 @@ class DemoBudget:
     seg_steps: int  # linear segmentation probe steps
     flow_steps: int  # flow probe steps
     flow_gap: int = 1  # evaluated flow spans frames t -> t + flow_gap
+    tap: int | None = None  # encoder block whose tokens are evaluated, for every model alike (None: the last)
     workers: int | None = None  # data-loader workers (None: the presets')
 
     def overrides(self, seed: int) -> list[str]:
@@ -67,9 +68,9 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget("full", None, None, train_videos=64, eval_videos=16, seg_steps=300, flow_steps=300),
-    "quick": DemoBudget("quick", 30, 8, train_videos=8, eval_videos=4, seg_steps=50, flow_steps=50),
-    "micro": DemoBudget("micro", 2, 4, train_videos=4, eval_videos=2, seg_steps=4, flow_steps=4, workers=0),
+    "full": DemoBudget("full", None, None, train_videos=64, eval_videos=16, seg_steps=300, flow_steps=300, flow_gap=3),
+    "quick": DemoBudget("quick", 30, 8, train_videos=8, eval_videos=4, seg_steps=50, flow_steps=50, flow_gap=3),
+    "micro": DemoBudget("micro", 2, 4, train_videos=4, eval_videos=2, seg_steps=4, flow_steps=4, flow_gap=3, workers=0),
 }
 
 
@@ -268,7 +269,11 @@ def run_demo(
     log(f"[4/4] evaluation suite: midway, dino and random init on {budget.eval_videos} val clips")
     with _timed(seconds, "evaluate"):
         suite_cfg = S.SuiteConfig(
-            baselines=("random",), seg_steps=budget.seg_steps, flow_steps=budget.flow_steps, seed=seed
+            baselines=("random",),
+            seg_steps=budget.seg_steps,
+            flow_steps=budget.flow_steps,
+            tap=budget.tap,
+            seed=seed,
         )
         models = [S.load_model_arg(f"{name}={out / 'runs' / name}") for name in cfgs]
         eval_data = S.synth_data(
@@ -291,6 +296,7 @@ def run_demo(
         "batch": str(cfgs["midway"].train.batch_size),
         "encoder": cfgs["midway"].model.name,
         "world": f"{data.synth_preset}, {budget.train_videos} train / {budget.eval_videos} val clips",
+        "flow pairs": f"frames t -> t + {budget.flow_gap}",
     }
     report = out / "report.html"
     _add_headline(report, _headline_html(rows, holds, zero_epe, settings))
