@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from motionrep.cli import app
-from motionrep.config import config_diff
-from motionrep.demo import BUDGETS, DemoError, demo_configs, headline, prepare_out_dir
+from motionrep.config import config_diff, save_config
+from motionrep.demo import BUDGETS, DemoError, demo_configs, headline, prepare_out_dir, pretrain
 
 MODELS = {"midway", "dino", "random"}
 
@@ -90,3 +91,17 @@ def test_occupied_folder_needs_resume_or_overwrite(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DemoError, match="not a folder"):
         prepare_out_dir(tmp_path / "file", resume=False, overwrite=False)
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path):
+    cfg = demo_configs(BUDGETS["micro"])["dino"]
+    run = tmp_path / "dino"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"step": cfg.train.steps}, run / "checkpoints" / "last.pt")
+    save_config(cfg, run / "config.yaml")
+    before = sorted(p.name for p in run.rglob("*"))
+    pretrain(cfg, run, resume=True)  # finished with the same settings: nothing to do
+    assert sorted(p.name for p in run.rglob("*")) == before
+    other = demo_configs(BUDGETS["micro"], seed=1)["dino"]
+    with pytest.raises(DemoError, match="train.seed"):
+        pretrain(other, run, resume=True)

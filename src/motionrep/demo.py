@@ -164,6 +164,11 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool) -> None:
     from motionrep.train.engine import train
 
     done = _trained_steps(run_dir) if resume else None
+    saved = run_dir / "config.yaml"
+    if done is not None and saved.is_file():
+        diff = config_diff(load_config(saved), cfg)
+        if diff:
+            raise DemoError(f"{run_dir} was trained with other settings ({', '.join(diff)}); use --overwrite")
     if done is not None and done >= cfg.train.steps:
         return
     if resume and done is None and run_dir.exists():
