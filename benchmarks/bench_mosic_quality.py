@@ -9,6 +9,12 @@ those differences are positive.
     python benchmarks/bench_mosic_quality.py --evals runs/mosic-bench/eval-s0 runs/mosic-bench/eval-s1 \
         --group init=dino-init --group mosic=mosic-s0,mosic-s1 --reference init \
         --out benchmarks/results/mosic_quality.json
+
+``--axis-check N`` instead checks the training data: on N clips of ``mosic-synth-tiny``'s pipeline (crop, resize,
+flip applied) the mean |colour(frame t) − colour(frame 0)| at the visible track points, for the tracks, the
+transposed tracks and a static point (a track read on the wrong axes scores like the static point).
+
+    python benchmarks/bench_mosic_quality.py --axis-check 12
 """
 
 from __future__ import annotations
@@ -80,14 +86,59 @@ def markdown(summary: dict[str, dict[str, dict[str, float]]], reference: str, me
     return "\n".join(rows)
 
 
+def axis_check(num_clips: int, overrides: list[str]) -> dict[str, float]:
+    """Mean colour change along tracks, transposed tracks and static points on clips of the MoSiC data pipeline."""
+    import torch
+
+    from motionrep.config import load_config
+    from motionrep.methods.mosic import MoSiC
+    from motionrep.ops.points import sample_tokens
+
+    cfg = load_config("mosic-synth-tiny", ["method.init=null", *overrides])
+    dataset = MoSiC.build_dataset(cfg)
+    batch = dataset.collate([dataset[i] for i in range(num_clips)])
+    frames, tracks = batch.frames, batch.tracks
+    weight = (batch.visible & batch.in_crop).float()[:, 1:]
+    b, t, _, h, w = frames.shape
+    pixels = frames.flatten(0, 1).flatten(2).transpose(1, 2)  # every pixel a "token" of patch size 1
+
+    def change(xy: torch.Tensor) -> float:
+        colour = sample_tokens(pixels, xy.flatten(0, 1), 1, (h, w), mode="bilinear").view(b, t, -1, 3)
+        diff = (colour[:, 1:] - colour[:, :1]).abs().mean(-1)
+        return float((diff * weight).sum() / weight.sum())
+
+    motion = (tracks[:, -1] - tracks[:, 0]).abs().mean(dim=(0, 1))
+    return {
+        "tracks": change(tracks),
+        "transposed": change(tracks.flip(-1)),
+        "static": change(tracks[:, :1].expand_as(tracks)),
+        "mean_abs_dx": float(motion[0]),
+        "mean_abs_dy": float(motion[1]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--evals", nargs="+", type=Path, required=True, help="motionrep eval output directories")
-    parser.add_argument("--group", action="append", type=parse_group, required=True, help="NAME=MODEL[,MODEL...]")
-    parser.add_argument("--reference", required=True, help="group the differences are taken to")
+    parser.add_argument("--evals", nargs="+", type=Path, help="motionrep eval output directories")
+    parser.add_argument("--group", action="append", type=parse_group, help="NAME=MODEL[,MODEL...]")
+    parser.add_argument("--reference", help="group the differences are taken to")
     parser.add_argument("--metrics", nargs="+", default=list(METRICS))
-    parser.add_argument("--out", type=Path, help="also write the summary as JSON")
+    parser.add_argument("--axis-check", type=int, metavar="N", help="check the tracks of N training clips instead")
+    parser.add_argument("--override", nargs="*", default=[], help="config overrides for --axis-check")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON")
     args = parser.parse_args()
+
+    if args.axis_check is not None:
+        if args.axis_check < 1:
+            sys.exit("--axis-check needs at least 1 clip")
+        result = axis_check(args.axis_check, args.override)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
+    if not (args.evals and args.group and args.reference):
+        sys.exit("--evals, --group and --reference are required (or --axis-check N)")
 
     groups = dict(args.group)
     if args.reference not in groups:
