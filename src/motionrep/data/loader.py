@@ -10,6 +10,7 @@ run would have produced next. It also accumulates the skipped (unreadable) video
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import random
 from collections.abc import Iterator
 
@@ -68,6 +69,17 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return max(self.per_rank() - self.skip, 0)
+
+
+def worker_context(workers: int) -> str | None:
+    """Start method for data-loader workers: a fresh ``forkserver`` (``spawn`` where missing), never ``fork``.
+
+    Forking a trainer that already runs threads (progress-bar monitors, OpenMP and OpenCV pools, process-group
+    transports) can leave a lock held in the child and hang the worker; this is one source of truth for every loader.
+    """
+    if workers == 0:
+        return None
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _init_worker(worker_id: int, threads: int) -> None:
@@ -172,5 +184,6 @@ def build_loader(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
+        multiprocessing_context=worker_context(workers),
     )
     return Loader(loader, sampler, items)

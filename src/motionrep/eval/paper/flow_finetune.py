@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from motionrep.data.loader import worker_context
 from motionrep.eval.features import autocast_for, to_float_images
 from motionrep.eval.flow import midway_token_maps
 from motionrep.eval.metrics import flow_error_sums, flow_scores, reduce_sums
@@ -138,7 +139,12 @@ def train_flow(model: FlowModel, train: Dataset, cfg: FlowFinetuneConfig, device
         model.encoder.requires_grad_(False)
         model.dynamics.requires_grad_(False)
     sampler = GlobalBatchSampler(len(train), cfg.batch_size, cfg.steps, cfg.seed)
-    loader = DataLoader(FlowCrops(train, cfg.crop), batch_sampler=sampler, num_workers=cfg.workers)
+    loader = DataLoader(
+        FlowCrops(train, cfg.crop),
+        batch_sampler=sampler,
+        num_workers=cfg.workers,
+        multiprocessing_context=worker_context(cfg.workers),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup, cfg.steps))

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from motionrep.data.loader import worker_context
 from motionrep.eval.features import autocast_for, to_float_images
 from motionrep.eval.metrics import confusion_matrix, reduce_confusion, segmentation_scores
 from motionrep.eval.paper.heads import LinearHead, UperNetHead
@@ -156,7 +157,9 @@ def train_readout(model: SegModel, train: Dataset, cfg: ReadoutConfig, device: t
     """Train the head (and the backbone when not frozen) for ``cfg.steps``; returns the loss per step."""
     crops = TrainCrops(train, cfg.crop, cfg.short_side, cfg.scale_range)
     sampler = GlobalBatchSampler(len(train), cfg.batch_size, cfg.steps, cfg.seed)
-    loader = DataLoader(crops, batch_sampler=sampler, num_workers=cfg.workers)
+    loader = DataLoader(
+        crops, batch_sampler=sampler, num_workers=cfg.workers, multiprocessing_context=worker_context(cfg.workers)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup, cfg.steps))

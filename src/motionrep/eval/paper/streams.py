@@ -27,6 +27,7 @@ from motionrep.data.catalog import DatasetLayoutError, davis2017
 from motionrep.data.flow_datasets import read_image
 from motionrep.data.flowio import read_label_png
 from motionrep.data.labeled import CITYSCAPES_CLASSES, CITYSCAPES_EVAL_IDS, VOC_CLASSES, Clip, FlowSet, SegSet
+from motionrep.data.loader import worker_context
 from motionrep.train import dist
 
 SEG_LAYOUTS = {
@@ -256,6 +257,7 @@ def shard_loader(dataset: Dataset, workers: int = 0, collate=None) -> DataLoader
         batch_size=None,
         sampler=shard_indices(len(dataset)),
         num_workers=workers,
+        multiprocessing_context=worker_context(workers),
         collate_fn=collate,
         persistent_workers=False,
     )
