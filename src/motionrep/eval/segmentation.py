@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,11 @@ class SegResult:
     predictions: torch.Tensor  # (n_fig, H, W) uint8 label maps of the figure_indices validation images
 
 
+def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label maps ``(B, H, W)`` (CPU): class scores ``(B, K, h, w)`` bilinearly upsampled to ``size``, arg-maxed."""
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False).argmax(1).cpu()
+
+
 def _predict_and_score(
     logits_fn, feats: torch.Tensor, val: SegSet, num_pred: int, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,9 +52,7 @@ def _predict_and_score(
     shown = []
     for s in range(part.start, part.stop, batch_size):
         e = min(s + batch_size, part.stop)
-        scores = logits_fn(feats[s:e])
-        scores = F.interpolate(scores, size=tuple(val.labels.shape[-2:]), mode="bilinear", align_corners=False)
-        pred = scores.argmax(1).cpu()
+        pred = upsampled_argmax(logits_fn(feats[s:e]), tuple(val.labels.shape[-2:]))
         cm += confusion_matrix(val.labels[s:e], pred, val.num_classes, num_pred, val.ignore_index)
         shown.append(pred[show[(show >= s) & (show < e)] - s])
     cm = reduce_confusion(cm)
@@ -240,35 +244,51 @@ def patch_label_histograms(
     return torch.cat(out)
 
 
-def build_memory(
-    feats: torch.Tensor,
-    soft: torch.Tensor,
-    memory_size: int,
-    seed: int = 0,
+def memory_rows(
+    feats: torch.Tensor, soft: torch.Tensor, per_image: int, noise: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hummingbird memory: L2-normalised patch features ``(S, C)`` and their soft labels ``(S, K)``.
+    """The memory rows of a batch of images: L2-normalised patch features ``(S, C)`` and soft labels ``(S, K)``.
 
-    Fully ignored patches are dropped. If more patches remain than ``memory_size``, each image keeps
-    ``memory_size // N`` patches: those with the lowest ``score * U(0, 1)``, where a patch's score sums the
-    image-level frequencies of the classes it contains (rare classes are favoured).
+    Fully ignored patches are dropped. If ``per_image`` is below the number of patches per image, each image keeps
+    the ``per_image`` patches with the lowest ``score * noise`` (``noise (N, h*w)`` in [0, 1)), where a patch's
+    score sums the image-level frequencies of the classes it contains (rare classes are favoured).
     """
     n, c, h, w = feats.shape
     k = soft.shape[1]
     f = F.normalize(feats.flatten(2).transpose(1, 2), dim=-1)  # (N, hw, C)
     lab = soft.flatten(2).transpose(1, 2)  # (N, hw, K)
     labelled = lab.sum(-1) > 0
-    if n * h * w > memory_size:
-        per_image = max(1, memory_size // n)
+    if per_image < h * w:
+        if noise is None or noise.shape != (n, h * w):
+            raise ValueError(f"selecting {per_image} of {h * w} patches per image needs noise of shape {(n, h * w)}")
         freq = lab.sum(1) / lab.sum((1, 2)).clamp_min(1e-12)[:, None]  # (N, K)
-        score = ((lab > 0).float() * freq[:, None, :]).sum(-1)
-        gen = torch.Generator().manual_seed(seed)
-        score = score * torch.rand(score.shape, generator=gen)
+        score = ((lab > 0).float() * freq[:, None, :]).sum(-1) * noise
         score = torch.where(labelled, score, torch.full_like(score, math.inf))
-        idx = score.topk(min(per_image, h * w), dim=1, largest=False).indices
+        idx = score.topk(per_image, dim=1, largest=False).indices
         f = f.gather(1, idx[..., None].expand(-1, -1, c))
         lab = lab.gather(1, idx[..., None].expand(-1, -1, k))
         labelled = labelled.gather(1, idx)
     return f[labelled], lab[labelled]
+
+
+def memory_per_image(memory_size: int, images: int, patches: int) -> int:
+    """Hummingbird's per-image budget: every patch if all fit in ``memory_size``, else ``memory_size // images``
+    (at least one)."""
+    return patches if images * patches <= memory_size else max(1, memory_size // images)
+
+
+def build_memory(
+    feats: torch.Tensor,
+    soft: torch.Tensor,
+    memory_size: int,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hummingbird memory of in-memory features ``(N, C, h, w)`` and soft labels ``(N, K, h, w)``
+    (:func:`memory_rows` with :func:`memory_per_image`; the noise drawn from one generator seeded with ``seed``)."""
+    n, _, h, w = feats.shape
+    per_image = memory_per_image(memory_size, n, h * w)
+    noise = torch.rand((n, h * w), generator=torch.Generator().manual_seed(seed)) if per_image < h * w else None
+    return memory_rows(feats, soft, per_image, noise)
 
 
 def knn_soft_labels(
@@ -284,6 +304,16 @@ def knn_soft_labels(
         weights = torch.softmax(sims / temperature, dim=1)
         out.append(torch.einsum("mk,mkc->mc", weights, memory_labels[idx]))
     return torch.cat(out)
+
+
+def retrieval_scores(
+    feats: torch.Tensor, memory: torch.Tensor, memory_labels: torch.Tensor, k: int = 30, temperature: float = 0.02
+) -> torch.Tensor:
+    """Soft labels ``(B, K, h, w)`` of query feature maps ``(B, C, h, w)`` by :func:`knn_soft_labels` (computed on
+    the memory's device)."""
+    b, c, h, w = feats.shape
+    q = feats.to(memory.device).flatten(2).transpose(1, 2).reshape(-1, c)
+    return knn_soft_labels(q, memory, memory_labels, k, temperature).view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def incontext(
@@ -305,13 +335,7 @@ def incontext(
     device = module_device(extractor)
     mem, mem_labels = mem.to(device), mem_labels.to(device)
     fval = extract(extractor, val.images, desc="incontext queries")
-
-    def logits(f: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = f.shape
-        q = f.to(device).flatten(2).transpose(1, 2).reshape(-1, c)
-        lab = knn_soft_labels(q, mem, mem_labels, k, temperature)
-        return lab.view(b, h, w, -1).permute(0, 3, 1, 2)
-
+    logits = partial(retrieval_scores, memory=mem, memory_labels=mem_labels, k=k, temperature=temperature)
     cm, preds = _predict_and_score(logits, fval, val, val.num_classes)
     return SegResult({"miou": matched_scores(cm, matching)["miou"], "memory": float(len(mem))}, preds)
 

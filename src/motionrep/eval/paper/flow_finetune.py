@@ -32,7 +32,7 @@ from motionrep.eval.flow import midway_token_maps
 from motionrep.eval.metrics import flow_error_sums, flow_scores, reduce_sums
 from motionrep.eval.paper.features import default_levels
 from motionrep.eval.paper.heads import DPTHead
-from motionrep.eval.paper.streams import GlobalBatchSampler, iterate_shard
+from motionrep.eval.paper.streams import GlobalBatchSampler, global_step, iterate_shard
 from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig
 from motionrep.train import dist
 
@@ -158,13 +158,7 @@ def train_flow(model: FlowModel, train: Dataset, cfg: FlowFinetuneConfig, device
         with autocast_for(device):
             pred, conf = net(image1, image2)
         total, count = laplacian_sums(pred.float(), conf.float(), flow, valid, *cfg.conf_range)
-        loss = total * dist.world_size() / dist.all_reduce_sum(count.double()).clamp_min(1)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        curve.append(dist.all_reduce_sum(loss.detach().double()).item() / dist.world_size())
+        curve.append(global_step(total, count, opt, scaler, sched))
     return curve
 
 

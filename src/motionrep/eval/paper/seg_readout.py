@@ -26,7 +26,7 @@ from motionrep.data.loader import worker_context
 from motionrep.eval.features import autocast_for, to_float_images
 from motionrep.eval.metrics import confusion_matrix, reduce_confusion, segmentation_scores
 from motionrep.eval.paper.heads import LinearHead, UperNetHead
-from motionrep.eval.paper.streams import GlobalBatchSampler, shard_loader
+from motionrep.eval.paper.streams import GlobalBatchSampler, global_step, shard_loader
 from motionrep.train import dist
 
 MODES = ("linear", "upernet", "upernet-finetune")
@@ -173,14 +173,7 @@ def train_readout(model: SegModel, train: Dataset, cfg: ReadoutConfig, device: t
         with autocast_for(device):
             logits = net(images)
         loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore, reduction="sum")
-        count = dist.all_reduce_sum((labels != ignore).sum().double()).clamp_min(1)
-        loss = loss_sum * dist.world_size() / count  # DDP averages gradients over ranks
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        curve.append(dist.all_reduce_sum(loss.detach().double()).item() / dist.world_size())
+        curve.append(global_step(loss_sum, (labels != ignore).sum(), opt, scaler, sched))
     return curve
 
 

@@ -9,7 +9,8 @@
 * Video items are ``(frames uint8 (T, 3, H, W), masks int64 (T, H, W))``: :class:`ClipFiles` (DAVIS-2017 through
   :func:`motionrep.data.catalog.davis2017`, YouTube-VOS) and :class:`ClipItems` (in-memory clips).
 * :class:`GlobalBatchSampler` draws every step's *global* batch from one seeded generator and yields this rank's
-  contiguous share, so N ranks see exactly the samples one rank would (the basis of the 2-ranks = 1-rank tests).
+  contiguous share, so N ranks see exactly the samples one rank would (the basis of the 2-ranks = 1-rank tests);
+  :func:`global_step` normalises the loss by the global count; :func:`item_generator` seeds per-item sampling.
 """
 
 from __future__ import annotations
@@ -269,6 +270,11 @@ def iterate_shard(dataset: Dataset, workers: int = 0, desc: str = "items") -> It
     yield from zip(loader.sampler, tqdm(loader, desc=desc, disable=not dist.is_main() or None), strict=True)
 
 
+def item_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of one item (by its global dataset index) under ``seed``: the same on every rank layout."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     """``steps`` global batches of ``batch_size`` indices drawn with replacement from ``range(n)`` by one seeded
     generator; each yielded batch is this rank's contiguous share, as ``(index, per-sample seed)`` pairs."""
@@ -290,6 +296,25 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
             idx = torch.randint(self.n, (self.batch_size,), generator=gen)
             seeds = torch.randint(2**31 - 1, (self.batch_size,), generator=gen)
             yield list(zip(idx[mine].tolist(), seeds[mine].tolist(), strict=True))
+
+
+def global_step(
+    loss_sum: torch.Tensor,
+    count: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One optimiser step on this rank's ``loss_sum`` normalised by the ``count`` summed over ranks (DDP averages
+    gradients, hence the world-size factor), so N ranks step like one rank on the global batch; returns the global
+    mean loss."""
+    loss = loss_sum * dist.world_size() / dist.all_reduce_sum(count.double()).clamp_min(1)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return dist.all_reduce_sum(loss.detach().double()).item() / dist.world_size()
 
 
 def fit_pca(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

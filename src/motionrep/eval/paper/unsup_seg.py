@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from motionrep.eval.features import ViTFeatures, autocast_for, module_device, to_float_images
 from motionrep.eval.metrics import confusion_matrix, matched_scores, reduce_confusion, remap_confusion
 from motionrep.eval.paper.features import cls_attention
-from motionrep.eval.paper.streams import apply_pca, fit_pca, iterate_shard
+from motionrep.eval.paper.streams import apply_pca, fit_pca, item_generator, iterate_shard
 from motionrep.eval.segmentation import kmeans
 from motionrep.train import dist
 
@@ -96,7 +96,7 @@ def unsup_seg(encoder: nn.Module, data: Dataset, cfg: UnsupSegConfig) -> dict[st
     samples = []
     for i, (image, _) in iterate_shard(data, cfg.workers, "unsup: sample"):
         rows = _token_features(encoder, _prepare(image, cfg.size, device))
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+        gen = item_generator(cfg.seed, i)
         samples.append(rows[torch.randperm(len(rows), generator=gen)[: cfg.sample_per_image]])
     sample = dist.all_gather_cat(torch.cat(samples) if samples else torch.zeros(0, encoder.embed_dim))
     pca = fit_pca(sample, cfg.pca_dim)

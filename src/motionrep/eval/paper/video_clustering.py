@@ -30,7 +30,7 @@ from motionrep.eval.metrics import (
     remap_confusion,
     segmentation_scores,
 )
-from motionrep.eval.paper.streams import apply_pca, fit_pca, iterate_shard
+from motionrep.eval.paper.streams import apply_pca, fit_pca, item_generator, iterate_shard
 from motionrep.eval.segmentation import kmeans
 from motionrep.train import dist
 
@@ -103,7 +103,7 @@ def _fit_dataset_clusters(extractor, clips: Dataset, cfg: VideoClusterConfig, k:
     samples = []
     for i, (frames, _) in iterate_shard(clips, cfg.workers, "D: sample"):
         feats = clip_features(extractor, frames, cfg.size, cfg.eval_res, cfg.batch_size).reshape(-1, extractor.dim)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+        gen = item_generator(cfg.seed, i)
         n = min(len(feats), cfg.sample_per_frame * len(frames))
         samples.append(feats[torch.randperm(len(feats), generator=gen)[:n]])
     local = torch.cat(samples) if samples else torch.zeros(0, extractor.dim)
