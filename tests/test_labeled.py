@@ -50,7 +50,7 @@ def test_ade20k_shifts_ids_and_ignores_other(tmp_path):
         lab = _const(0)
         lab[:, 15:] = 150
         _lab(base / f"annotations/{folder}/{name}.png", lab)
-    seg = L.ade20k(tmp_path, "val", size=8)
+    seg = L.load_seg("ade20k", tmp_path, "val", size=8)
     assert seg.num_classes == 150 and set(torch.unique(seg.labels).tolist()) == {149, 255}
 
 
@@ -64,7 +64,7 @@ def test_voc_reads_palette_labels_and_split_files(tmp_path):
             lab = _const(15)
             lab[0] = 255
             _lab(base / f"SegmentationClass/{i}.png", lab, palette=True)
-    seg = L.voc(tmp_path, "val", size=8)
+    seg = L.load_seg("voc", tmp_path, "val", size=8)
     assert len(seg) == 2 and seg.class_names[15] == "person"
     assert set(torch.unique(seg.labels).tolist()) == {15, 255}
 
@@ -74,8 +74,8 @@ def test_bdd100k_both_layouts(tmp_path):
     _lab(tmp_path / "new/labels/sem_seg/masks/val/abc.png", _const(13))
     _img(tmp_path / "old/seg/images/val/abc.jpg")
     _lab(tmp_path / "old/seg/labels/val/abc_train_id.png", _const(2))
-    assert L.bdd100k(tmp_path / "new", "val", size=8).labels.unique().tolist() == [13]
-    assert L.bdd100k(tmp_path / "old", "val", size=8).labels.unique().tolist() == [2]
+    assert L.load_seg("bdd100k", tmp_path / "new", "val", size=8).labels.unique().tolist() == [13]
+    assert L.load_seg("bdd100k", tmp_path / "old", "val", size=8).labels.unique().tolist() == [2]
 
 
 def test_davis_clips_with_object_masks(tmp_path):
@@ -145,11 +145,30 @@ def test_kitti_sparse_flow(tmp_path):
 @pytest.mark.parametrize("name", L.SUITES)
 def test_wrong_root_names_the_expected_layout(tmp_path, name):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetLayoutError, match="expected layout"):
+    with pytest.raises(DatasetLayoutError, match="expected"):
         L.load_suite(name, tmp_path / "empty", size=8)
 
 
 def test_missing_label_file_is_reported(tmp_path):
     _img(tmp_path / "leftImg8bit/train/x/x_0_0_leftImg8bit.png")
     with pytest.raises(DatasetLayoutError, match="label file"):
-        L.cityscapes(tmp_path, "train")
+        L.load_seg("cityscapes", tmp_path, "train")
+
+
+def test_label_values_past_the_lookup_table_are_reported(tmp_path):
+    lut = np.full(256, 255, np.uint8)
+    lut[1:151] = np.arange(150)
+    assert L.map_labels(np.array([[0, 1, 150, 151]]), lut, tmp_path).tolist() == [[255, 0, 149, 255]]
+    with pytest.raises(DatasetLayoutError, match="label id 300"):
+        L.map_labels(np.array([[300]]), lut, tmp_path / "a.png")
+
+
+def test_voc_trainaug_reads_the_augmented_labels(tmp_path):
+    base = tmp_path / "VOC2012"
+    (base / "ImageSets/Segmentation").mkdir(parents=True)
+    (base / "ImageSets/Segmentation/trainaug.txt").write_text("2008_000001 extra-column\n")
+    _img(base / "JPEGImages/2008_000001.jpg")
+    _lab(base / "SegmentationClassAug/2008_000001.png", _const(7))
+    listing = L.seg_listing("voc", tmp_path, "trainaug")
+    assert listing.labels == [base / "SegmentationClassAug/2008_000001.png"] and len(listing.class_names) == 21
+    assert L.load_seg("voc", tmp_path, "trainaug", size=8).labels.unique().tolist() == [7]

@@ -57,6 +57,11 @@ class VideoEntry:
             return SynthSource(self.world, self.index, fps=self.fps, cache=self.cache)
         raise ValueError(f"unknown video entry kind {self.kind!r}")
 
+    def annotation_files(self) -> list[Path]:
+        """Per frame, the label PNG of the same stem in ``annotations`` (which need not all exist); ``[]`` without
+        an annotation folder."""
+        return [] if self.annotations is None else [self.annotations / f"{f.stem}.png" for f in self.files]
+
     def describe(self) -> str:
         """The file or folder to name in messages."""
         return str(self.path) if self.path is not None else f"synthetic video {self.index}"

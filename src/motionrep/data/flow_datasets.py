@@ -113,12 +113,12 @@ def _find(root: Path, names: Sequence[str], marker: str, dataset: str) -> Path:
 
 def flying_chairs(root: str | Path, split: str = "train") -> FlowPairs:
     """FlyingChairs; ``split`` ``train`` / ``val`` by ``FlyingChairs_train_val.txt`` (1 = train, 2 = val) when
-    present next to ``data/``, else every pair is ``train``."""
-    base = _find(Path(root), ["FlyingChairs_release", "FlyingChairs"], "data", "chairs")
+    present next to ``data/`` or in ``root``, else every pair is ``train``."""
+    root = Path(root)
+    base = _find(root, ["FlyingChairs_release", "FlyingChairs"], "data", "chairs")
     flows = sorted((base / "data").glob("*_flow.flo"))
-    split_file = next(
-        (p for p in (base / "FlyingChairs_train_val.txt", base / "chairs_split.txt") if p.is_file()), None
-    )
+    names = ("FlyingChairs_train_val.txt", "chairs_split.txt")
+    split_file = next((d / n for d in (base, root) for n in names if (d / n).is_file()), None)
     if split_file is not None:
         marks = np.loadtxt(split_file, dtype=np.int64).reshape(-1)
         if len(marks) != len(flows):

@@ -2,8 +2,8 @@
 
 * Segmentation items are ``(image uint8 (3, H, W), label int64 (H, W))``; a dataset also carries ``class_names``
   and ``ignore_index``. :class:`SegFiles` reads image/label file pairs (VOC, ADE20K, Cityscapes, BDD100K layouts:
-  :func:`seg_files`); :class:`SegSetItems` wraps an in-memory :class:`~motionrep.data.labeled.SegSet` (the
-  synthetic world).
+  :func:`seg_files`, listed by :func:`motionrep.data.labeled.seg_listing`); :class:`SegSetItems` wraps an
+  in-memory :class:`~motionrep.data.labeled.SegSet` (the synthetic world).
 * Flow items are ``(image1, image2, flow, valid)`` (:mod:`motionrep.data.flow_datasets`; :class:`FlowSetItems`
   wraps an in-memory :class:`~motionrep.data.labeled.FlowSet`).
 * Video items are ``(frames uint8 (T, 3, H, W), masks int64 (T, H, W))``: :class:`ClipFiles` (DAVIS-2017 through
@@ -27,21 +27,12 @@ from tqdm.auto import tqdm
 from motionrep.data.catalog import DatasetLayoutError, davis2017
 from motionrep.data.flow_datasets import read_image
 from motionrep.data.flowio import read_label_png
-from motionrep.data.labeled import CITYSCAPES_CLASSES, CITYSCAPES_EVAL_IDS, VOC_CLASSES, Clip, FlowSet, SegSet
+from motionrep.data.labeled import Clip, FlowSet, SegClasses, SegSet, map_labels, seg_listing
 from motionrep.data.loader import worker_context
 from motionrep.train import dist
 
-SEG_LAYOUTS = {
-    "voc": "ROOT/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass[Aug]/<id>.png, "
-    "ImageSets/Segmentation/<split>.txt} (or ROOT = the VOC2012 folder)",
-    "ade20k": "ROOT/ADEChallengeData2016/{images,annotations}/{training,validation}/<id>.{jpg,png}",
-    "cityscapes": "ROOT/{leftImg8bit,gtFine}/<split>/<city>/<id>_{leftImg8bit,gtFine_labelIds}.png",
-    "bdd100k": "ROOT/images/10k/<split>/<id>.jpg with ROOT/labels/sem_seg/masks/<split>/<id>.png, or "
-    "ROOT/seg/images/<split>/<id>.jpg with ROOT/seg/labels/<split>/<id>_train_id.png",
-}
 
-
-class SegFiles(Dataset):
+class SegFiles(SegClasses, Dataset):
     """Image / label-map file pairs; ``lut`` (256 entries) maps stored label values to class ids (255 = ignore)."""
 
     def __init__(
@@ -57,45 +48,25 @@ class SegFiles(Dataset):
         self.images, self.labels = list(images), list(labels)
         self.class_names, self.ignore_index, self.lut = class_names, ignore_index, lut
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         label = read_label_png(self.labels[i])
         if self.lut is not None:
-            label = self.lut[label]
+            label = map_labels(label, self.lut, self.labels[i])
         image = read_image(self.images[i])
         if tuple(image.shape[1:]) != label.shape:
             raise ValueError(f"{self.images[i]} and {self.labels[i]} differ in size")
         return image, torch.from_numpy(label.astype(np.int64))
 
 
-class SegSetItems(Dataset):
+class SegSetItems(SegClasses, Dataset):
     """An in-memory :class:`SegSet` as a segmentation dataset."""
 
     def __init__(self, data: SegSet):
-        self.data = data
+        self.data, self.images = data, data.images
         self.class_names, self.ignore_index = data.class_names, data.ignore_index
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.images[i], self.data.labels[i]
-
-
-def _ids(split_file: Path) -> list[str]:
-    if not split_file.is_file():
-        raise DatasetLayoutError(f"missing split file {split_file}")
-    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
 
 def _require(paths: list[Path], name: str) -> list[Path]:
@@ -106,56 +77,10 @@ def _require(paths: list[Path], name: str) -> list[Path]:
 
 
 def seg_files(name: str, root: str | Path, split: str) -> SegFiles:
-    """A segmentation dataset in its on-disk layout (:data:`SEG_LAYOUTS`; the layouts and class lists of
-    :mod:`motionrep.data.labeled`, read at full resolution): ``voc`` (splits ``train``, ``val``, ``trainaug`` with
-    ``SegmentationClassAug``), ``ade20k`` (``training``/``train``, ``validation``/``val``; 150 classes, label 0
-    ignored), ``cityscapes`` (``train``, ``val``; labelIds mapped to the 19 trainIds) or ``bdd100k`` (19 train
-    ids)."""
-    root = Path(root)
-    if name not in SEG_LAYOUTS:
-        raise ValueError(f"unknown segmentation dataset {name!r}; choose from {', '.join(SEG_LAYOUTS)}")
-    if not root.is_dir():
-        raise DatasetLayoutError(f"{name}: no directory {root}; expected {SEG_LAYOUTS[name]}")
-    if name == "voc":
-        base = next((b for b in (root / "VOCdevkit" / "VOC2012", root) if (b / "JPEGImages").is_dir()), None)
-        if base is None:
-            raise DatasetLayoutError(f"voc: no JPEGImages under {root}; expected {SEG_LAYOUTS['voc']}")
-        ids = _ids(base / "ImageSets" / "Segmentation" / f"{split}.txt")
-        label_dir = base / ("SegmentationClassAug" if split == "trainaug" else "SegmentationClass")
-        images = _require([base / "JPEGImages" / f"{i}.jpg" for i in ids], "voc")
-        return SegFiles(images, _require([label_dir / f"{i}.png" for i in ids], "voc"), VOC_CLASSES)
-    if name == "bdd100k":
-        for img_dir, label_dir, suffix in (
-            (root / "images" / "10k" / split, root / "labels" / "sem_seg" / "masks" / split, ".png"),
-            (root / "seg" / "images" / split, root / "seg" / "labels" / split, "_train_id.png"),
-        ):
-            images = sorted(img_dir.glob("*.jpg"))
-            if images:
-                labels = _require([label_dir / f"{p.stem}{suffix}" for p in images], "bdd100k")
-                return SegFiles(images, labels, CITYSCAPES_CLASSES)
-        raise DatasetLayoutError(f"bdd100k: no images for split {split!r} under {root}; expected {SEG_LAYOUTS[name]}")
-    if name == "ade20k":
-        split = {"train": "training", "val": "validation"}.get(split, split)
-        base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
-        images = sorted((base / "images" / split).glob("*.jpg"))
-        if not images:
-            raise DatasetLayoutError(f"ade20k: no images in {base / 'images' / split}; expected {SEG_LAYOUTS[name]}")
-        labels = _require([base / "annotations" / split / f"{p.stem}.png" for p in images], "ade20k")
-        lut = np.arange(256, dtype=np.int64) - 1  # 0 ("other") -> ignore, 1..150 -> 0..149
-        lut[0] = 255
-        return SegFiles(images, labels, [f"class{i}" for i in range(150)], 255, lut)
-    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
-    if not images:
-        raise DatasetLayoutError(
-            f"cityscapes: no images in {root / 'leftImg8bit' / split}; expected {SEG_LAYOUTS[name]}"
-        )
-    labels = [
-        root / "gtFine" / split / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
-        for p in images
-    ]
-    lut = np.full(256, 255, dtype=np.int64)
-    lut[CITYSCAPES_EVAL_IDS] = np.arange(len(CITYSCAPES_EVAL_IDS))
-    return SegFiles(images, _require(labels, "cityscapes"), CITYSCAPES_CLASSES, 255, lut)
+    """A segmentation split in its on-disk layout, read item by item at full resolution (the listing, classes and
+    label mapping of :func:`motionrep.data.labeled.seg_listing`)."""
+    listing = seg_listing(name, root, split)
+    return SegFiles(listing.images, listing.labels, listing.class_names, 255, listing.lut)
 
 
 class ClipItems(Dataset):
@@ -211,8 +136,9 @@ class ClipFiles(Dataset):
 def davis_clips(root: str | Path, split: str = "val", resolution: str = "480p", max_frames: int | None = None):
     """DAVIS-2017 sequences of ``ImageSets/2017/<split>.txt`` (:func:`motionrep.data.catalog.davis2017`)."""
     entries = [e for e in davis2017(root, split, resolution).entries if e.annotations is not None]
-    clips = [(e.name, list(e.files), [e.annotations / f"{f.stem}.png" for f in e.files]) for e in entries]
-    return ClipFiles([(n, f, _require(m, "davis2017")) for n, f, m in clips], max_frames)
+    return ClipFiles(
+        [(e.name, list(e.files), _require(e.annotation_files(), "davis2017")) for e in entries], max_frames
+    )
 
 
 def ytvos_clips(root: str | Path, split: str = "train", max_frames: int | None = None):
