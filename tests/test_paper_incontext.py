@@ -11,10 +11,9 @@ from motionrep.eval.features import ViTFeatures
 from motionrep.eval.paper.incontext_fractions import (
     FractionConfig,
     incontext_run,
-    resize_item,
     stream_memory,
 )
-from motionrep.eval.paper.streams import SegSetItems
+from motionrep.eval.paper.streams import SegSetItems, resize_pair
 from motionrep.models.vit import build_vit
 
 NAMES = ["a", "b", "c"]
@@ -38,7 +37,7 @@ def _extractor() -> ViTFeatures:
 
 
 def _resized(items: SegSetItems, size: int = 32) -> SegSet:
-    pairs = [resize_item(*items[i], size) for i in range(len(items))]
+    pairs = [resize_pair(*items[i], (size, size)) for i in range(len(items))]
     return SegSet(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), NAMES)
 
 

@@ -26,14 +26,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from motionrep.data.loader import worker_context
 from motionrep.eval.features import FeatureExtractor, extract, module_device
 from motionrep.eval.metrics import confusion_matrix, matched_scores, reduce_confusion
-from motionrep.eval.paper.streams import SegSetItems, item_generator, shard_indices
+from motionrep.eval.paper.streams import SegSetItems, item_generator, resize_pair, shard_indices
 from motionrep.eval.segmentation import (
     memory_per_image,
     memory_rows,
@@ -74,13 +73,6 @@ def fraction_indices(n: int, fraction: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)[: max(1, math.ceil(n / fraction))].sort().values
 
 
-def resize_item(image: torch.Tensor, label: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image uint8 ``(3, H, W)`` (bilinear, antialiased) and its label map ``(H, W)`` (nearest) at ``size``²."""
-    x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-    y = F.interpolate(label[None, None].float(), size=(size, size), mode="nearest")[0, 0]
-    return x.round().clamp(0, 255).to(torch.uint8), y.long()
-
-
 class ResizedItems(Dataset):
     """The listed items of a segmentation dataset as ``(dataset index, image, label)`` resized to ``size``²."""
 
@@ -93,7 +85,7 @@ class ResizedItems(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         index = self.indices[i]
-        return index, *resize_item(*self.data[index], self.size)
+        return index, *resize_pair(*self.data[index], (self.size, self.size))
 
 
 def iterate_chunks(items: ResizedItems, cfg: FractionConfig, desc: str) -> Iterator[tuple[torch.Tensor, ...]]:

@@ -26,7 +26,7 @@ from motionrep.data.loader import worker_context
 from motionrep.eval.features import autocast_for, to_float_images
 from motionrep.eval.metrics import confusion_matrix, reduce_confusion, segmentation_scores
 from motionrep.eval.paper.heads import LinearHead, UperNetHead
-from motionrep.eval.paper.streams import GlobalBatchSampler, global_step, shard_loader
+from motionrep.eval.paper.streams import GlobalBatchSampler, global_step, resize_pair, shard_loader
 from motionrep.train import dist
 
 MODES = ("linear", "upernet", "upernet-finetune")
@@ -59,10 +59,7 @@ def rescale(image: torch.Tensor, label: torch.Tensor, short_side: float) -> tupl
     """Resize so the shorter side is ``short_side`` (image bilinear, label nearest)."""
     h, w = image.shape[-2:]
     s = short_side / min(h, w)
-    hw = (max(1, round(h * s)), max(1, round(w * s)))
-    img = F.interpolate(image[None].float(), size=hw, mode="bilinear", antialias=s < 1).clamp(0, 255)
-    lab = F.interpolate(label[None, None].float(), size=hw, mode="nearest")[0, 0].long()
-    return img[0].round().to(torch.uint8), lab
+    return resize_pair(image, label, (max(1, round(h * s)), max(1, round(w * s))), antialias=s < 1)
 
 
 class TrainCrops(Dataset):

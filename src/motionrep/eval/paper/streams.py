@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -169,6 +170,16 @@ class FlowSetItems(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.data
         return d.image1[i], d.image2[i], d.flow[i], d.valid[i]
+
+
+def resize_pair(
+    image: torch.Tensor, label: torch.Tensor, hw: tuple[int, int], antialias: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image uint8 ``(3, H, W)`` resized bilinearly (``antialias`` for downscaling) and its label map ``(H, W)``
+    by nearest neighbour, both to ``hw``: ``(uint8 image, int64 labels)``."""
+    x = F.interpolate(image[None].float(), size=hw, mode="bilinear", antialias=antialias)[0]
+    y = F.interpolate(label[None, None].float(), size=hw, mode="nearest")[0, 0]
+    return x.round().clamp(0, 255).to(torch.uint8), y.long()
 
 
 def shard_indices(n: int) -> list[int]:
