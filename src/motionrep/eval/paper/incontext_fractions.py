@@ -106,7 +106,7 @@ def stream_memory(
     extractor: FeatureExtractor, train: Dataset, indices: Sequence[int], cfg: FractionConfig, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Hummingbird memory of the listed training images, streamed: L2-normalised features ``(S, C)`` and soft
-    labels ``(S, K)`` of every rank, in dataset order."""
+    labels ``(S, K)`` of every rank, in dataset order, on the extractor's device (where NCCL gathers them)."""
     feats, labels = [torch.zeros(0, extractor.dim)], [torch.zeros(0, train.num_classes)]
     for index, images, label_maps in iterate_chunks(ResizedItems(train, cfg.size, indices), cfg, "incontext memory"):
         f = extract(extractor, images, batch_size=len(images), distributed=False, desc="features")
@@ -119,30 +119,31 @@ def stream_memory(
         rows, soft_rows = memory_rows(f, soft, per_image, noise)
         feats.append(rows)
         labels.append(soft_rows)
-    return dist.all_gather_cat(torch.cat(feats)), dist.all_gather_cat(torch.cat(labels))
+    device = module_device(extractor)
+    return dist.all_gather_cat(torch.cat(feats).to(device)), dist.all_gather_cat(torch.cat(labels).to(device))
 
 
 @torch.no_grad()
 def stream_confusion(
     extractor: FeatureExtractor, val: Dataset, memory: torch.Tensor, memory_labels: torch.Tensor, cfg: FractionConfig
 ) -> torch.Tensor:
-    """Confusion matrix ``(C, C)`` of retrieval on the streamed validation set, summed over ranks."""
+    """Confusion matrix ``(C, C)`` of retrieval on the streamed validation set, summed over ranks (on the memory's
+    device, as NCCL needs)."""
     c = val.num_classes
     cm = torch.zeros(c, c, dtype=torch.long)
     for _, images, labels in iterate_chunks(ResizedItems(val, cfg.size), cfg, "incontext queries"):
         f = extract(extractor, images, batch_size=len(images), distributed=False, desc="features")
         scores = retrieval_scores(f, memory, memory_labels, cfg.k, cfg.temperature)
         cm += confusion_matrix(labels, upsampled_argmax(scores, tuple(labels.shape[-2:])), c, c, val.ignore_index)
-    return reduce_confusion(cm)
+    return reduce_confusion(cm.to(memory.device)).cpu()
 
 
 def incontext_run(
     extractor: FeatureExtractor, train: Dataset, val: Dataset, indices: Sequence[int], cfg: FractionConfig, seed: int
 ) -> dict:
     """One run: ``{"memory_rows", "miou", "confusion"}`` of retrieval with the memory of the listed images."""
-    device = module_device(extractor)
     memory, memory_labels = stream_memory(extractor, train, indices, cfg, seed)
-    cm = stream_confusion(extractor, val, memory.to(device), memory_labels.to(device), cfg)
+    cm = stream_confusion(extractor, val, memory, memory_labels, cfg)
     return {"memory_rows": len(memory), "miou": matched_scores(cm, cfg.matching)["miou"], "confusion": cm}
 
 
