@@ -108,11 +108,15 @@ def test_knn_soft_labels_against_full_sort():
     q, mem = torch.randn(7, 5, generator=g), torch.nn.functional.normalize(torch.randn(40, 5, generator=g), dim=-1)
     lab = torch.rand(40, 3, generator=g)
     out = S.knn_soft_labels(q, mem, lab, k=4, temperature=0.1)
+    blocked = S.knn_soft_labels(q, mem, lab, k=4, temperature=0.1, budget=256 * 6)  # memory blocks of 6 rows
     sims = torch.nn.functional.normalize(q, dim=-1) @ mem.T
     for i in range(7):
         order = torch.argsort(sims[i], descending=True)[:4]
         w = torch.softmax(sims[i, order] / 0.1, 0)
         assert torch.allclose(out[i], (w[:, None] * lab[order]).sum(0), atol=1e-6)
+        assert torch.allclose(blocked[i], (w[:, None] * lab[order]).sum(0), atol=1e-6)
+    with pytest.raises(ValueError, match="memory is empty"):
+        S.knn_soft_labels(q, mem[:0], lab[:0])
 
 
 def test_memory_sampling_keeps_rare_classes():

@@ -291,16 +291,42 @@ def build_memory(
     return memory_rows(feats, soft, per_image, noise)
 
 
+def _top_k(q: torch.Tensor, memory: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` cosine similarities and memory indices of normalised queries, over memory blocks of
+    ``block`` rows merged as they go (one block when the memory fits)."""
+    best = None
+    for m in range(0, len(memory), block):
+        sims, idx = (q @ memory[m : m + block].T).topk(min(k, len(memory) - m, block), dim=1)
+        if best is not None:
+            sims, order = torch.cat([best[0], sims], 1).topk(k, dim=1)
+            idx = torch.cat([best[1], idx + m], 1).gather(1, order)
+        best = (sims, idx)
+    return best
+
+
 def knn_soft_labels(
-    queries: torch.Tensor, memory: torch.Tensor, memory_labels: torch.Tensor, k: int = 30, temperature: float = 0.02
+    queries: torch.Tensor,
+    memory: torch.Tensor,
+    memory_labels: torch.Tensor,
+    k: int = 30,
+    temperature: float = 0.02,
+    budget: int = 2**24,
 ) -> torch.Tensor:
-    """Exact cosine top-``k`` retrieval in chunks: ``softmax(cos / T)``-weighted neighbour labels ``(M, K)``."""
+    """Exact cosine top-``k`` retrieval: ``softmax(cos / T)``-weighted neighbour labels ``(M, K)``.
+
+    Similarity blocks hold at most ``budget`` entries: queries in chunks of ``budget // len(memory)`` while that is
+    at least 256 rows, else chunks of 256 queries against memory blocks of ``budget // 256`` rows (a running
+    top-k), so a large memory is read once per 256 queries rather than once per query."""
+    if len(memory) == 0:
+        raise ValueError("the retrieval memory is empty: every training patch is ignored")
     q = F.normalize(queries, dim=-1)
     k = min(k, len(memory))
-    chunk = max(1, 2**24 // max(len(memory), 1))
+    chunk = budget // len(memory)
+    block = len(memory) if chunk >= 256 else max(k, budget // 256)
+    chunk = max(chunk, 256)
     out = []
     for s in range(0, len(q), chunk):
-        sims, idx = (q[s : s + chunk] @ memory.T).topk(k, dim=1)
+        sims, idx = _top_k(q[s : s + chunk], memory, k, block)
         weights = torch.softmax(sims / temperature, dim=1)
         out.append(torch.einsum("mk,mkc->mc", weights, memory_labels[idx]))
     return torch.cat(out)
