@@ -41,6 +41,8 @@ def test_fraction_runs_are_recorded():
     assert out["summary"]["1/8"]["miou_mean"] == pytest.approx(sum(values) / 3)
     with pytest.raises(ValueError, match="denominators"):
         FractionConfig((0,))
+    with pytest.raises(ValueError, match="matching"):
+        FractionConfig(matching="many_to_one")
 
 
 def _run(tmp_path, *args):

@@ -65,6 +65,8 @@ class FractionConfig:
             raise ValueError("give at least one seed")
         if min(self.size, self.memory_size, self.k, self.batch_size) < 1 or (self.workers or 0) < 0:
             raise ValueError("size, memory_size, k and batch_size must be positive and workers >= 0")
+        if self.matching not in ("hungarian", "identity"):
+            raise ValueError(f"matching must be hungarian or identity, got {self.matching!r}")
 
 
 def fraction_indices(n: int, fraction: int, seed: int) -> torch.Tensor:
