@@ -11,7 +11,9 @@ Containers (what every evaluation protocol consumes):
 
 Loaders read Cityscapes, ADE20K, Pascal VOC 2012, BDD100K-seg, DAVIS-2017, FlyingChairs, MPI-Sintel and KITTI-2015
 in their official on-disk layouts (:data:`LAYOUTS`), resize to a square evaluation size, and raise
-:class:`~motionrep.data.catalog.DatasetLayoutError` naming the expected layout when a path is wrong.
+:class:`~motionrep.data.catalog.DatasetLayoutError` naming the expected layout when a path is wrong. Each layout is
+listed in one place: segmentation splits by :func:`seg_listing` (also behind the streamed paper protocols), flow
+pairs by :mod:`motionrep.data.flow_datasets`, DAVIS sequences by :func:`motionrep.data.catalog.davis2017`.
 :func:`load_suite` assembles the :class:`EvalData` of ``motionrep eval --suite <name> --data PATH``.
 """
 
