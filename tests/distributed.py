@@ -19,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
+def _worker(rank: int, world: int, port: int, device: str, fn, args, queue) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
 
     torch.set_num_threads(1)
     try:
-        dist.init_distributed("cpu")
+        dist.init_distributed(device)
         # serialised to bytes: tensors put on the queue directly would be shared through file descriptors that
         # vanish when this process exits before the parent reads them
         buffer = io.BytesIO()
@@ -41,14 +41,17 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
         dist.cleanup()
 
 
-def run_ranks(fn, world_size: int = 2, *args, timeout: float = 120.0) -> list:
-    """``[fn(*args) on rank 0, fn(*args) on rank 1, ...]`` computed under a gloo process group."""
+def run_ranks(fn, world_size: int = 2, *args, timeout: float = 120.0, device: str = "cpu") -> list:
+    """``[fn(*args) on rank 0, fn(*args) on rank 1, ...]`` computed under a gloo process group (nccl, one GPU per
+    rank, with ``device="cuda"``)."""
     import torch
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, device, fn, args, queue)) for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, object] = {}

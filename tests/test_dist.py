@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from distributed import run_ranks
@@ -35,3 +36,13 @@ def test_two_gloo_ranks_equal_one_rank():
 def test_shard_partitions_range():
     parts = [dist.shard(10, 3, r) for r in range(3)]
     assert [list(range(10))[s] for s in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_nccl_ranks_reduce_cpu_tensors():
+    out = run_ranks(_reductions, 2, 0, device="cuda")  # CPU tensors go through nccl and come back to the CPU
+    full = torch.cat([out[0][0], out[1][0]])
+    for _, total, mean, gathered in out:
+        assert total.device.type == gathered.device.type == "cpu"
+        assert torch.allclose(total, full.sum(0), atol=1e-6) and mean.item() == 0.5 and torch.equal(gathered, full)

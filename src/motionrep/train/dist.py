@@ -2,7 +2,8 @@
 
 torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) selects
 distributed mode; world size 1 needs no process group, and every reduction below is then the identity. The backend
-is nccl on CUDA and gloo on CPU. Every cross-rank reduction of the project goes through this module.
+is nccl on CUDA and gloo on CPU. Every cross-rank reduction of the project goes through this module, which moves
+CPU tensors to the current CUDA device for nccl and back, so callers may reduce tensors wherever they live.
 """
 
 from __future__ import annotations
@@ -71,13 +72,20 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def comm_device(t: torch.Tensor) -> torch.device:
+    """Where a collective on ``t`` must run: nccl only moves CUDA tensors, gloo any."""
+    if t.device.type != "cuda" and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (a new tensor; the input is untouched). No gradient flows through it."""
+    """Sum over ranks (a new tensor on ``t``'s device; the input is untouched). No gradient flows through it."""
     if not is_distributed():
         return t.clone()
-    out = t.detach().clone()
+    out = t.detach().to(comm_device(t), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return out.to(t.device)
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -88,14 +96,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 def all_gather_cat(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Concatenate every rank's tensor along ``dim`` in rank order; sizes along ``dim`` may differ per rank.
 
-    No gradient flows through it.
+    The result lies on ``t``'s device. No gradient flows through it.
     """
     if not is_distributed():
         return t.detach().clone()
-    t = t.detach().contiguous()
+    home, device = t.device, comm_device(t)
+    t = t.detach().to(device).contiguous()
     n = world_size()
-    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(n)]
-    dist.all_gather(sizes, torch.tensor([t.shape[dim]], device=t.device))
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(n)]
+    dist.all_gather(sizes, torch.tensor([t.shape[dim]], device=device))
     sizes = [int(s.item()) for s in sizes]
     longest = max(sizes)
     pad_shape = list(t.shape)
@@ -103,7 +112,7 @@ def all_gather_cat(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     padded = torch.cat([t, t.new_zeros(pad_shape)], dim=dim)
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded)
-    return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes, strict=True)], dim=dim)
+    return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes, strict=True)], dim=dim).to(home)
 
 
 def shard(n: int, world: int | None = None, rank_: int | None = None) -> slice:
