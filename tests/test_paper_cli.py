@@ -59,8 +59,8 @@ def test_cli_protocols_on_the_synthetic_world(tmp_path):
     _run(tmp_path, "video-cluster", *SYNTH, "--eval-videos", "1", "--workers", "0", "--size", "32", "--res", "16",
          "--eval-res", "8", "--max-frames", "3")  # fmt: skip
     _run(tmp_path, "unsup-seg", *SYNTH, "--eval-videos", "1", "--workers", "0", "--size", "32", "--k", "8")
-    _run(tmp_path, "incontext", *SYNTH, "--train-videos", "2", "--eval-videos", "1", "--size", "32",
-         "--fractions", "8,1", "--seeds", "1", "--memory-size", "300")  # fmt: skip
+    _run(tmp_path, "incontext", *SYNTH, "--train-videos", "2", "--eval-videos", "1", "--size", "32", "--fractions",
+         "8,1", "--seeds", "1", "--memory-size", "300", "--batch-size", "2", "--workers", "0")  # fmt: skip
     flow = ["vit-micro", "--random-init", "--train", "synth", "--preset", "tiny", "--device", "cpu", *small]
     _run(tmp_path, "flow-finetune", *flow, "--steps", "2", "--batch-size", "2", "--crop", "32,32", "--width", "16",
          "--warmup", "1")  # fmt: skip
@@ -68,6 +68,8 @@ def test_cli_protocols_on_the_synthetic_world(tmp_path):
     for name in names:
         record = json.loads((tmp_path / f"{name}.json").read_text())
         assert record["protocol"] == name and record["model"] == "random" and record["settings"]
+    settings = json.loads((tmp_path / "incontext.json").read_text())["settings"]
+    assert settings["batch_size"] == 2 and settings["workers"] == 0
     assert set(json.loads((tmp_path / "video-cluster.json").read_text())["metrics"]) == {"miou_F", "miou_C", "miou_D"}
     assert "synth.epe" in json.loads((tmp_path / "flow-finetune.json").read_text())["metrics"]
 

@@ -253,6 +253,8 @@ def incontext_command(
     k: int = typer.Option(30, help="Neighbours."),
     temperature: float = typer.Option(0.02, help="Softmax temperature."),
     matching: str = typer.Option("hungarian", help="hungarian (open-hummingbird-eval parity) or identity."),
+    batch_size: int = typer.Option(24, help="Images per streamed chunk and rank (Hummingbird: 24 per GPU)."),
+    workers: int = typer.Option(-1, help="Data-loading workers per rank (-1: 2 for data on disk, 0 in memory)."),
     weights: str = typer.Option("teacher", help="Encoder weights of a run: teacher or student."),
     random_init: bool = typer.Option(False, help="Untrained weights of the same architecture."),
     preset: str = typer.Option("small", help="Synthetic preset (synth without --data)."),
@@ -266,7 +268,8 @@ def incontext_command(
     from motionrep.eval.paper.incontext_fractions import FractionConfig, incontext_fractions
 
     def body(dev):
-        cfg = FractionConfig(_ints(fractions), _ints(seeds), size, memory_size, k, temperature, matching)
+        cfg = FractionConfig(_ints(fractions), _ints(seeds), size, memory_size, k, temperature, matching, batch_size,
+                             None if workers == -1 else workers)  # fmt: skip
         train, val = _seg_sets(dataset, data, (train_split, val_split), preset, (train_videos, eval_videos), seed)
         name, encoder = _encoder(model, weights, random_init, seed, dev)
         result = incontext_fractions(ViTFeatures(encoder), train, val, cfg)

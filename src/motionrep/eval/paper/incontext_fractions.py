@@ -181,6 +181,7 @@ def incontext_fractions(extractor: FeatureExtractor, train: Dataset, val: Datase
         "temperature": cfg.temperature,
         "matching": cfg.matching,
         "batch_size": cfg.batch_size,
+        "workers": "auto" if cfg.workers is None else cfg.workers,
         "train_images": len(train),
         "val_images": len(val),
     }
