@@ -37,14 +37,18 @@ def test_pixel_features_are_patch_means():
     assert torch.allclose(f[0, :, 1, 0], x[0, :, 8:16, 0:8].mean((1, 2)))
 
 
-def test_random_init_keeps_architecture_and_changes_weights():
-    vit = build_vit("vit-micro")
+@pytest.mark.parametrize("preset", ["vit-micro", "vit-s14"])  # vit-s14: LayerScale and mask token (DINOv2)
+def test_random_init_keeps_architecture_and_replaces_every_weight(preset):
+    vit = build_vit(preset)
     with torch.no_grad():
-        vit.pos_embed.add_(1.0)
+        for p in vit.parameters():
+            p.fill_(0.5)  # "trained" weights no initialisation produces
     fresh = random_init(vit, seed=3)
     assert fresh.state_dict().keys() == vit.state_dict().keys()
-    assert not torch.equal(fresh.pos_embed, vit.pos_embed)
-    assert torch.equal(random_init(vit, seed=3).pos_embed, fresh.pos_embed)  # seeded
+    kept = [k for k, p in fresh.named_parameters() if (p == 0.5).any()]
+    assert not kept, f"random_init kept trained values in {kept}"
+    again = random_init(vit, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), again.parameters(), strict=True))  # seeded
 
 
 def test_extract_batches_uint8_like_one_batch():

@@ -38,7 +38,11 @@ class LayerScale(nn.Module):
 
     def __init__(self, dim: int, init: float = 1e-5):
         super().__init__()
+        self.init = init
         self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.gamma, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
@@ -149,7 +153,8 @@ class CrossBlock(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """DINO-style initialisation: Linear truncated-normal std 0.02 with zero bias; LayerNorm 1 / 0."""
+    """DINO-style initialisation: Linear truncated-normal std 0.02 with zero bias; LayerNorm 1 / 0; convolutions
+    (the patch embedding) PyTorch's default; LayerScale its initial value."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -157,3 +162,5 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.Conv2d, LayerScale)):
+        module.reset_parameters()

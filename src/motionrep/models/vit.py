@@ -134,6 +134,8 @@ class VisionTransformer(nn.Module):
         for p in (self.pos_embed, self.cls_token, self.register_tokens):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
+        if self.mask_token is not None:
+            nn.init.zeros_(self.mask_token)
 
     def grid_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         """Token grid ``(h, w)`` of an ``hw = (H, W)`` input; both sides must be multiples of the patch size."""
