@@ -18,6 +18,7 @@ from motionrep.models.dynamics import (
     MidwayDynamics,
     MidwayDynamicsConfig,
     dense_loss,
+    mean_token_cosine,
     official_key_to_local,
 )
 
@@ -104,6 +105,15 @@ def test_dense_loss_is_squared_distance_of_normalised_vectors():
     a, b = torch.randn(3, 5, 7), torch.randn(3, 5, 7)
     expected = ((a / a.norm(dim=-1, keepdim=True) - b / b.norm(dim=-1, keepdim=True)) ** 2).sum(-1)
     torch.testing.assert_close(dense_loss(a, b), expected)
+
+
+def test_mean_token_cosine_matches_the_pairwise_matrix():
+    x = torch.randn(3, 6, 8)
+    u = x / x.norm(dim=-1, keepdim=True)
+    cos = u @ u.transpose(1, 2)
+    expected = ((cos.sum((1, 2)) - 6) / 30).mean()  # off-diagonal mean per sequence
+    torch.testing.assert_close(mean_token_cosine(x), expected)
+    assert mean_token_cosine(torch.ones(2, 4, 3)).item() == pytest.approx(1.0)  # collapsed tokens
 
 
 def test_gate_formula_and_initial_value():

@@ -107,7 +107,7 @@ def test_dynamics_loss_is_the_mean_of_both_directions_through_the_encoders():
     one_way = micro("method.midway.bidirectional=false").eval()
     with torch.no_grad():
         torch.testing.assert_close(one_way.dynamics_loss(motion)[0], forward)
-    assert {"dyn_l1", "copy_l3", "gate_mean/l2/b2", "gate_var/l3/b2"} <= logs.keys()
+    assert {"dyn_l1", "copy_l3", "gate_mean/l2/b2", "gate_var/l3/b2", "token_cos_l4"} <= logs.keys()
 
 
 # Table 3 rows (midway.md §8.2) at micro scale: levels [9, 12] -> [3, 4] and [3, 6, 9, 12] -> [1, 2, 3, 4].

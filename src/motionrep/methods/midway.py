@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from motionrep.config import ConfigError
 from motionrep.methods.base import Method, register_method
 from motionrep.methods.dino import DINOConfig, MultiCropDINO, build_encoder_pair, pair_dataset
-from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig, cls_and_patches
+from motionrep.models.dynamics import MidwayDynamics, MidwayDynamicsConfig, cls_and_patches, mean_token_cosine
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -80,6 +80,8 @@ class Midway(Method):
             out = self.dynamics(student, teacher)
         logs = {f"dyn_l{lv}": v.detach() for lv, v in out.level_losses.items()}
         logs |= {f"copy_l{lv}": v for lv, v in out.copy_losses.items()}
+        levels = self.cfg.method.midway.levels
+        logs |= {f"token_cos_l{lv}": mean_token_cosine(z[:, 1:]) for lv, z in zip(levels, teacher, strict=True)}
         return out.loss, logs | out.gate_stats
 
     def training_step(self, batch: PairBatch, step: int) -> dict[str, Tensor]:

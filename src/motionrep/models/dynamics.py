@@ -146,6 +146,16 @@ def dense_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 2.0 - 2.0 * F.cosine_similarity(pred, target, dim=-1, eps=1e-6)
 
 
+def mean_token_cosine(tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between distinct tokens of each sequence ``(B, n, C)``, averaged over the batch: a collapse
+    gauge (1 = every token alike). Computed from the sum of unit vectors, without the ``n x n`` matrix."""
+    n = tokens.shape[1]
+    if n < 2:
+        raise ValueError(f"need at least 2 tokens per sequence, got {n}")
+    total = F.normalize(tokens.float(), dim=-1, eps=1e-6).sum(1)
+    return ((total.square().sum(-1) - n) / (n * (n - 1))).mean()
+
+
 class GateMLP(nn.Module):
     """Per-token, per-channel gate ``sigmoid(fc2(GELU(fc1(LN(x)))) + bias)`` (official ``gating_mlps``)."""
 
