@@ -44,7 +44,7 @@ def test_demo_presets_share_everything_but_the_method():
     cfgs = demo_configs(BUDGETS["quick"], seed=5)
     assert {k.split(".")[0] for k in config_diff(cfgs["midway"], cfgs["dino"])} == {"method"}
     for cfg in cfgs.values():
-        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seed, cfg.data.synth_seed) == (30, 8, 5, 5)
+        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seed, cfg.data.synth_seed) == (100, 8, 5, 5)
         assert cfg.data.synth_videos == BUDGETS["quick"].train_videos
     full = demo_configs(BUDGETS["full"])
     assert full["midway"].method.midway.latent_dynamics and full["dino"].method.name == "dino"

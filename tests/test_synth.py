@@ -1,5 +1,6 @@
 """The synthetic world: exact ground truth (flow, tracks, labels, masks), determinism, splits, files, CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -60,7 +61,12 @@ def _warp_error(video, flow: np.ndarray, backward: bool = False) -> float:
 
 
 def test_presets_and_config_errors():
-    for name, hw, t in [("tiny", (32, 32), 8), ("small", (64, 64), 16), ("standard", (128, 128), 24)]:
+    for name, hw, t in [
+        ("tiny", (32, 32), 8),
+        ("small", (64, 64), 16),
+        ("fast", (64, 64), 16),
+        ("standard", (128, 128), 24),
+    ]:
         cfg = synth_preset(name)
         assert cfg.hw == hw and cfg.frames == t
     with pytest.raises(ValueError, match="small"):
@@ -72,6 +78,14 @@ def test_presets_and_config_errors():
     with pytest.raises(ValueError, match="split"):
         SynthWorld(_config(), "holdout")
     assert SynthConfig.from_dict(json.loads(json.dumps(_config().to_dict()))) == _config()
+
+
+def test_fast_preset_moves_content_faster_than_small():
+    speed = {}
+    for name in ("small", "fast"):
+        world = SynthWorld(dataclasses.replace(synth_preset(name), frames=4), "val", num_videos=3)
+        speed[name] = np.mean([np.linalg.norm(world[i].flow, axis=1).mean() for i in range(len(world))])
+    assert speed["fast"] > 1.5 * speed["small"] and speed["fast"] > 1.0  # px per frame
 
 
 def test_classes_and_shapes(clips):

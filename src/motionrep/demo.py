@@ -52,6 +52,7 @@ class DemoBudget:
     seg_steps: int  # linear segmentation probe steps
     flow_steps: int  # flow probe steps
     flow_gap: int = 1  # evaluated flow spans frames t -> t + flow_gap
+    frame_step: int = 4  # evaluated frames (and flow pairs) every frame_step frames of each clip
     tap: int | None = None  # encoder block whose tokens are evaluated, for every model alike (None: the last)
     workers: int | None = None  # data-loader workers (None: the presets')
 
@@ -68,9 +69,11 @@ class DemoBudget:
 
 
 BUDGETS = {
-    "full": DemoBudget("full", None, None, train_videos=64, eval_videos=16, seg_steps=300, flow_steps=300, flow_gap=3),
-    "quick": DemoBudget("quick", 30, 8, train_videos=8, eval_videos=4, seg_steps=50, flow_steps=50, flow_gap=3),
-    "micro": DemoBudget("micro", 2, 4, train_videos=4, eval_videos=2, seg_steps=4, flow_steps=4, flow_gap=3, workers=0),
+    "full": DemoBudget(
+        "full", None, None, train_videos=64, eval_videos=16, seg_steps=300, flow_steps=2000, frame_step=1
+    ),
+    "quick": DemoBudget("quick", 100, 8, train_videos=16, eval_videos=8, seg_steps=100, flow_steps=1000, frame_step=1),
+    "micro": DemoBudget("micro", 2, 4, train_videos=4, eval_videos=2, seg_steps=4, flow_steps=4, workers=0),
 }
 
 
@@ -288,6 +291,7 @@ def run_demo(
             data_dir=world,
             seed=seed,
             flow_gap=budget.flow_gap,
+            frame_step=budget.frame_step,
         )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         metrics = S.run_suite(models, eval_data, suite_cfg, out, device)
@@ -301,7 +305,7 @@ def run_demo(
         "batch": str(cfgs["midway"].train.batch_size),
         "encoder": cfgs["midway"].model.name,
         "world": f"{data.synth_preset}, {budget.train_videos} train / {budget.eval_videos} val clips",
-        "flow pairs": f"frames t -> t + {budget.flow_gap}",
+        "flow pairs": f"frames t -> t + {budget.flow_gap}, t every {budget.frame_step} frames",
     }
     report = out / "report.html"
     _add_headline(report, _headline_html(rows, holds, zero_epe, settings))

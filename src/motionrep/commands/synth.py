@@ -70,7 +70,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def synth(
         out: Path = typer.Option(..., "--out", help="Output folder: manifest.json and one folder per split."),
-        preset: str = typer.Option("tiny", "--preset", help="tiny (32x32x8), small (64x64x16), standard (128x128x24)."),
+        preset: str = typer.Option(
+            "tiny",
+            "--preset",
+            help="tiny (32x32x8), small (64x64x16), fast (small, 4x motion), standard (128x128x24).",
+        ),
         split: str = typer.Option("val", "--split", help="train, val, test, or all."),
         videos: int | None = typer.Option(None, "--videos", help="Videos per split (default: the preset's count)."),
         fmt: str = typer.Option("frames", "--format", help="frames (PNG per frame) or mp4 (H.264, yuv420p)."),
