@@ -111,6 +111,7 @@ def test_midway_run_adds_the_dynamics_probes(tmp_path):
 def test_eval_random_init_and_supervised_baseline(tmp_path):
     out = tmp_path / "out"
     args = ["eval", "vit-micro", "--random-init", *FAST, "--protocols", "seg_linear", "--baselines", "supervised"]
+    args += ["--frame-step", "2"]
     result = CliRunner().invoke(app, [*args, "--supervised-steps", "2", "--no-figures", "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -125,6 +126,7 @@ def test_eval_random_init_and_supervised_baseline(tmp_path):
         (["vit-micro", "--random-init", "--protocols", "nope"], "unknown protocol"),
         (["vit-micro", "--random-init", "--suite", "voc"], "needs --data"),
         (["vit-micro", "--random-init", "--weights", "ema"], "--weights"),
+        (["vit-micro", "--random-init", "--frame-step", "0"], "frame step"),
     ],
 )
 def test_eval_command_reports_user_errors(tmp_path, args, message):

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         train_videos: int = typer.Option(32, help="Synthetic train clips (probe training, memory bank)."),
         eval_videos: int = typer.Option(16, help="Synthetic evaluation clips."),
         flow_gap: int = typer.Option(1, help="Synthetic flow pairs: frames t and t + gap (exact flow)."),
+        frame_step: int = typer.Option(4, help="Synthetic labelled frames and flow pairs every k-th frame."),
         size: int = typer.Option(224, help="Real datasets: frames resized to size x size."),
         max_images: int = typer.Option(2000, help="Real datasets: at most this many images per split."),
         seg_steps: int = typer.Option(300, help="Linear-probe steps."),
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
                 raise S.EvalError("nothing to evaluate: give a run or checkpoint, or keep some baselines")
             if suite == "synth":
                 eval_data = S.synth_data(
-                    preset, split, train_videos, eval_videos, data_dir=data, seed=seed, flow_gap=flow_gap
+                    preset, split, train_videos, eval_videos, frame_step, data, seed=seed, flow_gap=flow_gap
                 )
             else:
                 from motionrep.data.labeled import load_suite

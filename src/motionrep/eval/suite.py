@@ -168,6 +168,8 @@ def synth_data(
 ) -> EvalData:
     """The synthetic suite's data: generated deterministically in memory, or read from a ``motionrep synth``
     folder (``data_dir`` with a ``train`` split and the ``split`` split)."""
+    if frame_step < 1 or flow_gap < 1:
+        raise EvalError(f"frame step and flow gap must be >= 1, got {frame_step} and {flow_gap}")
     from motionrep.data import synth
 
     if data_dir is not None:
