@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                 raise S.EvalError("nothing to evaluate: give a run or checkpoint, or keep some baselines")
             if suite == "synth":
                 eval_data = S.synth_data(
-                    preset, split, train_videos, eval_videos, frame_step, data, seed=seed, flow_gap=flow_gap
+                    preset, split, train_videos, eval_videos, frame_step, data_dir=data, seed=seed, flow_gap=flow_gap
                 )
             else:
                 from motionrep.data.labeled import load_suite

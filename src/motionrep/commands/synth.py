@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option(
             "tiny",
             "--preset",
-            help="tiny (32x32x8), small (64x64x16), fast (small, 4x motion), standard (128x128x24).",
+            help="tiny (32x32x8), small (64x64x16), fast (small, faster motion), standard (128x128x24).",
         ),
         split: str = typer.Option("val", "--split", help="train, val, test, or all."),
         videos: int | None = typer.Option(None, "--videos", help="Videos per split (default: the preset's count)."),
